@@ -1,0 +1,1 @@
+"""Data builders: sources -> canonical logs -> splits -> identifiers -> task datasets."""

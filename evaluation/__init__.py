@@ -1,0 +1,1 @@
+"""Evaluation: constrained generation, ranking metrics, thinking vs non-thinking reports."""
