@@ -1,0 +1,85 @@
+"""LC-Rec / LETTER JSON layout: `<name>.inter.json`, `<name>.item.json`, optional `<name>.*index.json`.
+
+`inter.json` maps a user index to its item indices in time order, with no timestamps: the
+position in the list becomes an ordinal timestamp (0, 1, 2, ...), which keeps the order and
+is all leave-one-out needs. A published semantic-ID index beside it is passed on in
+`extra["published_index_path"]` for `ItemIndex.from_published_json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from data_builders.sources.common import (
+    DataError,
+    DropCounter,
+    Loaded,
+    find_file,
+    interactions_table,
+    items_table,
+    read_json_file,
+)
+
+
+def load_lcrec(path: str, name: str | None = None, index: str | None = None, strict: bool = False) -> Loaded:
+    """Load `<path>/<name>.inter.json` + `.item.json`.
+
+    `index` picks a published index file when there are several (e.g. `"rkmeans_zcr"` for
+    `Scientific.rkmeans_zcr.index.json`); by default the only one, or the first in name order.
+    """
+    folder = Path(path)
+    prefix = f"{name}." if name else ""
+    inter_path = find_file(folder, [f"{prefix}inter.json", f"{prefix}*inter.json"], "LC-Rec interactions")
+    stem = inter_path.name[: -len("inter.json")]
+    item_path = find_file(folder, [f"{stem}item.json"], "LC-Rec items")
+    drops = DropCounter(strict)
+
+    sequences = read_json_file(inter_path)
+    if not isinstance(sequences, dict):
+        raise DataError(f"{inter_path}: expected {{user: [items...]}}, got {type(sequences).__name__}")
+    users: list[str] = []
+    items: list[str] = []
+    positions: list[int] = []
+    for user, seq in sequences.items():
+        if not isinstance(seq, list):
+            drops.add("malformed_row", where=f"{inter_path}: user {user!r} has no item list")
+            continue
+        for pos, item in enumerate(seq):
+            if item is None or isinstance(item, (dict, list)):
+                drops.add("malformed_row", where=f"{inter_path}: user {user!r} position {pos}: {item!r}")
+                continue
+            users.append(str(user))
+            items.append(str(item))
+            positions.append(pos)
+    interactions = interactions_table(
+        pl.DataFrame({"user_id": users, "item_id": items, "timestamp": positions})
+    )
+
+    catalogue = read_json_file(item_path)
+    if not isinstance(catalogue, dict):
+        raise DataError(f"{item_path}: expected {{item: {{title, ...}}}}, got {type(catalogue).__name__}")
+    records = []
+    for item_id, fields in catalogue.items():
+        if not isinstance(fields, dict):
+            drops.add("malformed_row", where=f"{item_path}: item {item_id!r} is not an object")
+            continue
+        records.append(
+            {
+                "item_id": str(item_id),
+                "title": fields.get("title"),
+                **{k: v for k, v in fields.items() if k != "title"},
+            }
+        )
+
+    extra: dict = {"order_only": True, "drop_examples": drops.examples}
+    index_files = sorted(folder.glob(f"{stem}*index.json"))
+    if index:
+        index_files = [p for p in index_files if index in p.name[len(stem) :]]
+        if not index_files:
+            raise DataError(f"no published index matching {index!r} beside {inter_path}")
+    if index_files:
+        extra["published_index_path"] = str(index_files[0])
+        extra["published_index_paths"] = [str(p) for p in index_files]
+    return Loaded(interactions, items_table(records), drops.counts, None, extra)
