@@ -1,0 +1,315 @@
+"""Deterministic three-level traces (Derivation -> Evolution -> Recommendation), no LLM needed.
+
+The trace is built from what the history itself shows, so it can be trusted and checked:
+
+- **Derivation**: the most recent items in words (category, attributes, SID prefix: this is
+  how itemic tokens get grounded in language), which earlier item each one echoes and
+  through which shared codes/attributes, and which items are noise.
+- **Evolution**: history items grouped into interest points by `interest_fields` (e.g. the
+  subcategory and the style), each with its evidence (#n citations) and time pattern:
+  periodic (regular gaps), short-term (only in the recent half), fading (gone from the last
+  40%), else long-term. Small variants of a bigger group (same leading fields, a third of
+  its size or less) fold into it: tastes are not perfectly sharp.
+- **Recommendation**: the interest the target serves (the one whose key and shared
+  attributes the target matches most; ties go to the most recent) described by what its
+  *history* items share: attributes, SID prefix, Term-ID words.
+
+The target is never named: every value written passes `Forbidden.allows` for every target
+(no SID, title or distinguishing term), and the interest points are returned as data
+(`Trace.interests`) so interest recovery is measured without parsing text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from data_builders.tasks.catalog import ItemCatalog
+from data_builders.tasks.leakage import DISTINGUISHING_SLOT, Forbidden, forbidden_for
+from data_builders.tasks.phrasing import load_templates
+
+PATTERNS = ("long_term", "short_term", "periodic", "fading")
+SECTIONS = ("Derivation:", "Evolution:", "Recommendation:")
+SECONDS_PER_DAY = 86400
+# timestamps below this are ordinals, not seconds since the epoch: no "days" in the text
+MIN_EPOCH_SECONDS = 100_000_000
+
+
+@dataclass
+class CotConfig:
+    """Knobs of the deterministic builder."""
+
+    interest_fields: tuple[str, ...] = ("categories[1]", "style")
+    min_support: int = 2  # items an interest point needs
+    max_interests: int = 5
+    recent_items: int = 4  # items described in the Derivation
+    share: float = 0.6  # an attribute is "shared" by a group when this share of it has it
+    fold_ratio: float = 1 / 3  # a variant group at most this share of a bigger one folds into it
+    sid_prefix_levels: int = 2  # SID tokens used to ground an item (capped at levels - 1)
+
+
+@dataclass
+class InterestPoint:
+    key: tuple[str, ...]
+    label: str
+    evidence: list[int]  # 0-based history positions, ascending
+    pattern: str
+    gap: int = 0  # periodic: interactions between occurrences
+    shared: list[tuple[str, str]] = field(default_factory=list)
+    sid_prefix: str = ""
+    shared_terms: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Trace:
+    text: str
+    interests: list[InterestPoint]
+    chosen: int | None  # index into `interests` of the one the target serves
+    matched: bool  # False: the target matches no interest; `chosen` is then the most recent one
+    noise: list[int]  # 0-based positions that fit no interest
+
+
+class DeterministicCot:
+    """Builds a `Trace` for (history, targets) over one `ItemCatalog`."""
+
+    def __init__(self, catalog: ItemCatalog, config: CotConfig | None = None):
+        self.catalog = catalog
+        self.config = config or CotConfig()
+        self.templates = load_templates("cot")
+        self.fields = tuple(f for f in self.config.interest_fields if self._field_exists(f))
+        n_levels = max((len(t) for t in catalog.sid_tokens), default=0)
+        self.prefix_levels = max(0, min(self.config.sid_prefix_levels, n_levels - 1))
+
+    def _field_exists(self, name: str) -> bool:
+        c = self.catalog
+        return any(c.value(i, name) for i in range(min(len(c), 2000)))
+
+    # ------------------------------------------------------------------ grouping
+
+    def interest_points(
+        self, history: list[int], timestamps: list[int] | None = None
+    ) -> tuple[list[InterestPoint], list[int]]:
+        """(interest points, noise positions) of a history of catalogue positions."""
+        c, cfg = self.catalog, self.config
+        groups: dict[tuple[str, ...], list[int]] = {}
+        loose: list[int] = []
+        for pos, item in enumerate(history):
+            key = tuple(c.value(item, f) for f in self.fields)
+            if not self.fields or not all(key):
+                loose.append(pos)
+            else:
+                groups.setdefault(key, []).append(pos)
+        # fold small variants into a bigger group sharing the leading fields
+        if len(self.fields) > 1:
+            by_size = sorted(groups, key=lambda k: (-len(groups[k]), groups[k][-1]))
+            for key in reversed(by_size):
+                for bigger in by_size:
+                    if bigger == key or bigger not in groups or key not in groups:
+                        continue
+                    if bigger[:-1] == key[:-1] and len(groups[key]) <= cfg.fold_ratio * len(groups[bigger]):
+                        groups[bigger] = sorted(groups[bigger] + groups.pop(key))
+                        break
+        ranked = sorted(
+            (k for k in groups if len(groups[k]) >= cfg.min_support),
+            key=lambda k: (-len(groups[k]), -groups[k][-1]),
+        )[: cfg.max_interests]
+        kept = set(ranked)
+        noise = sorted(loose + [p for k, ps in groups.items() if k not in kept for p in ps])
+        points = [self._describe(k, groups[k], history, len(history), timestamps) for k in ranked]
+        points.sort(key=lambda p: p.evidence[0])
+        return points, noise
+
+    def _describe(self, key, evidence, history, n, timestamps) -> InterestPoint:
+        pattern, gap = classify_pattern(evidence, n)
+        items = [history[p] for p in evidence]
+        point = InterestPoint(key=key, label="", evidence=evidence, pattern=pattern, gap=gap)
+        point.shared = self._shared_attributes(items)
+        point.sid_prefix = self._shared_prefix(items)
+        point.shared_terms = self._shared_terms(items)
+        return point
+
+    def _shared_attributes(self, items: list[int]) -> list[tuple[str, str]]:
+        c = self.catalog
+        need = self.config.share * len(items)
+        counts: Counter = Counter((name, v) for i in items for name, v in c.attributes[i].items())
+        order = {name: k for k, name in enumerate(c.attribute_names)}
+        shared = [(name, v) for (name, v), k in counts.items() if k >= need]
+        return sorted(shared, key=lambda nv: order.get(nv[0], len(order)))
+
+    def _shared_prefix(self, items: list[int]) -> str:
+        c = self.catalog
+        best = ""
+        need = self.config.share * len(items)
+        for length in range(1, self.prefix_levels + 1):
+            prefixes = Counter(c.sid_prefix(i, length) for i in items if c.sid_tokens[i])
+            if not prefixes:
+                break
+            prefix, count = prefixes.most_common(1)[0]
+            if count < need:
+                break
+            best = prefix
+        return best
+
+    def _shared_terms(self, items: list[int]) -> list[str]:
+        c = self.catalog
+        need = self.config.share * len(items)
+        counts: Counter = Counter(
+            t for i in items for t in dict.fromkeys((c.terms[i] or [])[:DISTINGUISHING_SLOT])
+        )
+        return [t for t, k in counts.items() if k >= need]
+
+    # ------------------------------------------------------------------ the trace
+
+    def build(self, history: list[int], timestamps: list[int] | None, targets: list[int]) -> Trace:
+        """The trace for predicting `targets[0]` (all targets are kept out of the text)."""
+        if not history:
+            raise ValueError("a trace needs at least one history item")
+        forbidden = forbidden_for(self.catalog, targets)
+        points, noise = self.interest_points(history, timestamps)
+        for j, p in enumerate(points):
+            p.label = self._label(p, forbidden, j)
+        chosen, matched = self._choose(points, targets[0]) if points else (None, False)
+        text = "\n".join(
+            [
+                self._derivation(history, noise, forbidden),
+                self._evolution(points, timestamps, len(history)),
+                self._recommendation(points, chosen, matched, forbidden),
+            ]
+        )
+        return Trace(text=text, interests=points, chosen=chosen, matched=matched, noise=noise)
+
+    def _safe(self, value: str, forbidden: list[Forbidden]) -> bool:
+        return bool(value) and all(f.allows(value) for f in forbidden)
+
+    def _label(self, point: InterestPoint, forbidden, j: int) -> str:
+        parts = [v for v in point.key if self._safe(v, forbidden)]
+        return ", ".join(parts) if parts else f"interest {j + 1}"
+
+    def _choose(self, points: list[InterestPoint], target: int) -> tuple[int, bool]:
+        c = self.catalog
+        target_attrs = set(c.attributes[target].items())
+        target_key = tuple(c.value(target, f) for f in self.fields)
+
+        def score(j: int):
+            p = points[j]
+            key_match = sum(a == b for a, b in zip(p.key, target_key))
+            return (key_match * 2 + len(target_attrs & set(p.shared)), p.evidence[-1])
+
+        best = max(range(len(points)), key=score)
+        if score(best)[0] > 0:
+            return best, True
+        return max(range(len(points)), key=lambda j: points[j].evidence[-1]), False
+
+    def _item_words(self, item: int, forbidden) -> str:
+        c = self.catalog
+        cats = c.categories[item]
+        words = [v for v in ([cats[-1]] if cats else []) if self._safe(v, forbidden)]
+        level_names = set(c.attribute_names[: len(cats)])
+        extra = [
+            v
+            for name, v in c.attributes[item].items()
+            if name not in level_names and name != "brand" and self._safe(v, forbidden)
+        ][:2]
+        return ", ".join(words + extra) or "an item"
+
+    def _derivation(self, history, noise, forbidden) -> str:
+        t = self.templates["derivation"]
+        c = self.catalog
+        n = len(history)
+        recent = list(range(n - 1, max(-1, n - 1 - self.config.recent_items), -1))
+        described = []
+        for p in recent:
+            what = self._item_words(history[p], forbidden)
+            prefix = c.sid_prefix(history[p], self.prefix_levels) if self.prefix_levels else ""
+            if prefix and self._safe(prefix, forbidden):
+                what += "; " + t["item_codes"].format(prefix=prefix)
+            described.append(t["item"].format(n=p + 1, what=f"({what})"))
+        sentences = [t["opening"].format(items="; ".join(described))]
+        for p in recent:
+            relation = self._relation(history, p, forbidden)
+            if relation:
+                sentences.append(relation)
+        if noise:
+            sentences.append(t["noise"].format(items=", ".join(f"#{p + 1}" for p in noise)))
+        else:
+            sentences.append(t["no_noise"])
+        return " ".join(sentences)
+
+    def _relation(self, history, p, forbidden) -> str:
+        """The earlier item that shares most with history[p], and what they share."""
+        t = self.templates["derivation"]
+        c = self.catalog
+        if p == 0:
+            return ""
+        mine = c.attributes[history[p]]
+        root = c.attribute_names[0] if c.attribute_names else None
+        best, best_shared = -1, []
+        for q in range(p - 1, -1, -1):
+            other = c.attributes[history[q]]
+            shared = [
+                v
+                for name, v in mine.items()
+                if name != root and other.get(name) == v and self._safe(v, forbidden)
+            ]
+            if len(shared) > len(best_shared):
+                best, best_shared = q, shared
+        if best < 0:
+            return t["no_relation"].format(a=p + 1)
+        prefix_len = 0
+        a, b = c.sid_tokens[history[p]], c.sid_tokens[history[best]]
+        while prefix_len < min(len(a), len(b), self.prefix_levels) and a[prefix_len] == b[prefix_len]:
+            prefix_len += 1
+        words = list(best_shared)
+        if prefix_len:
+            words.append("prefix " + "".join(a[:prefix_len]))
+        return t["relation"].format(a=p + 1, b=best + 1, shared=", ".join(words))
+
+    def _evolution(self, points, timestamps, n) -> str:
+        t = self.templates["evolution"]
+        if not points:
+            return t["none"]
+        sentences = [t["opening"].format(count=len(points))]
+        for j, p in enumerate(points):
+            first, last = p.evidence[0] + 1, p.evidence[-1] + 1
+            days = ""
+            if p.pattern == "periodic" and timestamps and timestamps[0] >= MIN_EPOCH_SECONDS:
+                spans = [timestamps[b] - timestamps[a] for a, b in zip(p.evidence, p.evidence[1:])]
+                days = t["days"].format(days=max(1, round(sorted(spans)[len(spans) // 2] / SECONDS_PER_DAY)))
+            pattern = t["patterns"][p.pattern].format(first=first, last=last, gap=p.gap, days=days)
+            evidence = ", ".join(f"#{q + 1}" for q in p.evidence)
+            sentences.append(t["interest"].format(j=j + 1, label=p.label, evidence=evidence, pattern=pattern))
+        return " ".join(sentences)
+
+    def _recommendation(self, points, chosen, matched, forbidden) -> str:
+        t = self.templates["recommendation"]
+        if chosen is None:
+            return t["no_interest"]
+        if not matched:
+            return t["fallback"].format(j=chosen + 1, label=points[chosen].label)
+        p = points[chosen]
+        sentences = [t["chosen"].format(j=chosen + 1, label=p.label, why=t["why"][p.pattern])]
+        attrs = [f"{name.replace('_', ' ')} {v}" for name, v in p.shared if self._safe(v, forbidden)]
+        if attrs:
+            sentences.append(t["expect"].format(attributes=", ".join(attrs)))
+        if p.sid_prefix and self._safe(p.sid_prefix, forbidden):
+            sentences.append(t["prefix"].format(prefix=p.sid_prefix))
+        terms = [w for w in p.shared_terms if self._safe(w, forbidden)]
+        if terms:
+            sentences.append(t["terms"].format(terms=", ".join(terms)))
+        return " ".join(sentences)
+
+
+def classify_pattern(evidence: list[int], n: int) -> tuple[str, int]:
+    """(pattern, gap) of evidence positions in a history of length n.
+
+    periodic: three or more occurrences at one constant gap of two or more; short-term: first
+    seen in the recent half; fading: absent from the last 40%; long-term otherwise.
+    """
+    gaps = {b - a for a, b in zip(evidence, evidence[1:])}
+    if len(evidence) >= 3 and len(gaps) == 1 and min(gaps) >= 2:
+        return "periodic", gaps.pop()
+    if evidence[0] >= 0.5 * n:
+        return "short_term", 0
+    if evidence[-1] < 0.6 * n:
+        return "fading", 0
+    return "long_term", 0

@@ -1,0 +1,73 @@
+"""Interest recovery: do a trace's Evolution interest points match the planted ones?
+
+Only the synthetic world knows why each interaction happened (`world.truth`: the
+interest id behind it, or null for noise), so only there can a trace's interest points be
+scored. Matching is by evidence, not by wording: an interest point is matched to the
+planted interest that produced the strict majority of its evidence items (one-to-one).
+A planted interest counts as recoverable when it produced at least `min_support` of the
+history items (one visit is not an interest anyone could see). Micro-averaged over
+examples: precision = matched points / points, recall = matched / recoverable interests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+from data_builders.tasks.cot import InterestPoint
+
+
+class InterestRecovery:
+    """Accumulates matches over examples; `report()` gives precision, recall, F1, pattern accuracy."""
+
+    def __init__(self, truth: pa.Table, interests: pa.Table, min_support: int = 2):
+        self.label = {
+            (u, i, int(t)): iid
+            for u, i, t, iid in zip(
+                truth.column("user_id").to_pylist(),
+                truth.column("item_id").to_pylist(),
+                truth.column("timestamp").to_pylist(),
+                truth.column("interest_id").to_pylist(),
+            )
+        }
+        self.pattern = dict(
+            zip(interests.column("interest_id").to_pylist(), interests.column("pattern").to_pylist())
+        )
+        self.min_support = min_support
+        self.examples = self.predicted = self.recoverable = self.matched = self.pattern_hits = 0
+
+    def add(
+        self, user_id: str, history: list[str], timestamps: list[int], points: Iterable[InterestPoint]
+    ) -> None:
+        labels = [self.label.get((user_id, item, int(ts))) for item, ts in zip(history, timestamps)]
+        planted = Counter(x for x in labels if x is not None)
+        recoverable = {iid for iid, k in planted.items() if k >= self.min_support}
+        taken: set[str] = set()
+        points = list(points)
+        for p in points:
+            votes = Counter(labels[q] for q in p.evidence)
+            iid, k = votes.most_common(1)[0]
+            if iid is not None and k * 2 > len(p.evidence) and iid in recoverable and iid not in taken:
+                taken.add(iid)
+                self.pattern_hits += self.pattern.get(iid) == p.pattern
+        self.examples += 1
+        self.predicted += len(points)
+        self.recoverable += len(recoverable)
+        self.matched += len(taken)
+
+    def report(self) -> dict:
+        precision = self.matched / self.predicted if self.predicted else 0.0
+        recall = self.matched / self.recoverable if self.recoverable else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {
+            "examples": self.examples,
+            "interest_points": self.predicted,
+            "planted_recoverable": self.recoverable,
+            "matched": self.matched,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "pattern_accuracy": self.pattern_hits / self.matched if self.matched else 0.0,
+        }

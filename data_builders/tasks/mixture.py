@@ -1,0 +1,108 @@
+"""The training mixture: which tasks, in which mode, how much of each — a YAML list.
+
+    seed: 0                                       # optional; else the build's seed
+    tasks:
+      - {task: rec_sid, mode: think, weight: 0.5}
+      - {task: rec_sid, mode: no_think, weight: 0.5}
+      - {task: caption, mode: no_think, count: 2000}
+
+`weight` is a multiplier over the task's source units (split rows for recommendation
+tasks, items for perception tasks, item pairs for `association`): 1.0 uses each once,
+0.5 a random half, 2.0 each twice (with different phrasings). `count` asks for exactly
+that many examples (sampled without replacement, cycling when more are asked than exist).
+The draws depend only on (seed, task, mode), so a mixture is reproducible and adding an
+entry does not reshuffle the others.
+
+The mixture shapes the training split. Validation and test hold every recommendation
+(task, mode) of the mixture once per split row, so the two modes of one user see the same
+prompt text there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+
+from data_builders.tasks.perception import PERCEPTION_TASKS
+from data_builders.tasks.phrasing import stable_hash
+from data_builders.tasks.recommendation import REC_TASKS
+from onereason.thinking import MODES
+
+TASKS = REC_TASKS + PERCEPTION_TASKS
+DEFAULT_MIXTURE = [
+    {"task": "rec_sid", "mode": "think", "weight": 0.5},
+    {"task": "rec_sid", "mode": "no_think", "weight": 0.5},
+]
+
+
+@dataclass(frozen=True)
+class MixtureEntry:
+    task: str
+    mode: str
+    weight: float | None = None
+    count: int | None = None
+
+    def multiplicities(self, eligible: np.ndarray, seed: int) -> np.ndarray:
+        """Copies of this entry per source unit (0 where `eligible` is False)."""
+        out = np.zeros(len(eligible), dtype=np.int64)
+        units = np.flatnonzero(eligible)
+        if len(units) == 0:
+            return out
+        rng = np.random.default_rng(stable_hash(seed, self.task, self.mode))
+        if self.count is not None:
+            full, rest = divmod(self.count, len(units))
+            out[units] += full
+            out[rng.choice(units, size=rest, replace=False)] += 1
+        else:
+            whole = int(self.weight)
+            out[units] = whole + (rng.random(len(units)) < self.weight - whole)
+        return out
+
+
+def parse_mixture(data, source: str = "mixture") -> list[MixtureEntry]:
+    """Entries from a YAML value (`{tasks: [...]}` or a bare list); errors name `source` and the entry."""
+    if isinstance(data, dict):
+        data = data.get("tasks")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{source}: a mixture is a non-empty list of {{task, mode, weight|count}} entries")
+    entries = []
+    seen = set()
+    for n, raw in enumerate(data):
+        where = f"{source}: entry {n}"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected a mapping, got {raw!r}")
+        unknown = set(raw) - {"task", "mode", "weight", "count"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        task, mode = raw.get("task"), raw.get("mode", "no_think")
+        if task not in TASKS:
+            raise ValueError(f"{where}: unknown task {task!r}; known: {', '.join(TASKS)}")
+        if mode not in MODES:
+            raise ValueError(f"{where}: mode must be one of {MODES}, got {mode!r}")
+        if task in PERCEPTION_TASKS and mode != "no_think":
+            raise ValueError(f"{where}: perception task {task!r} has no reasoning trace; use mode no_think")
+        if ("weight" in raw) == ("count" in raw):
+            raise ValueError(f"{where}: give exactly one of weight or count")
+        weight, count = raw.get("weight"), raw.get("count")
+        if weight is not None and (not isinstance(weight, (int, float)) or weight < 0):
+            raise ValueError(f"{where}: weight must be a number >= 0, got {weight!r}")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            raise ValueError(f"{where}: count must be an integer >= 0, got {count!r}")
+        if (task, mode) in seen:
+            raise ValueError(f"{where}: ({task}, {mode}) appears twice")
+        seen.add((task, mode))
+        entries.append(MixtureEntry(task, mode, None if weight is None else float(weight), count))
+    return entries
+
+
+def load_mixture(path: str) -> tuple[list[MixtureEntry], int | None]:
+    """(entries, seed or None) of a mixture YAML file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError as err:
+        raise ValueError(f"mixture file not found: {path}") from err
+    seed = data.get("seed") if isinstance(data, dict) else None
+    return parse_mixture(data, path), seed

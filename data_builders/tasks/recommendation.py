@@ -1,0 +1,138 @@
+"""Recommendation tasks: a history -> the next item(s), in TRL conversational prompt/completion form.
+
+Five tasks, one row of the split each (a user's history and what came next):
+
+| task | answer |
+| --- | --- |
+| `rec_sid` | the next item's SID |
+| `rec_term` | its Term ID (the history is shown by Term IDs too) |
+| `rec_hybrid` | its SID then its title |
+| `rec_multi` | the next `top_k` items' SIDs, back to back (the trie decodes them one after another) |
+| `rec_behavior` | the SID of the next item of the asked event type ("what will they buy") |
+
+Both modes share the prompt text up to the switch; a thinking answer carries the trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data_builders.tasks.catalog import ItemCatalog
+from data_builders.tasks.history import HistoryStyle, clip, render_history, render_terms
+from data_builders.tasks.phrasing import load_templates, pick
+from onereason.thinking import format_answer, with_switch
+
+REC_TASKS = ("rec_sid", "rec_term", "rec_hybrid", "rec_multi", "rec_behavior")
+
+
+@dataclass
+class RecRow:
+    """One prediction example of a split, items as catalogue positions."""
+
+    key: str  # unique and stable (split:row number): seeds the phrasing
+    user_id: str
+    history: list[int]
+    timestamps: list[int]
+    targets: list[int]  # the target, then (rec_multi) the user's following targets
+    event: str = ""
+
+
+def example(
+    prompt, answer, trace, task, mode, user_id, history_ids, target_ids, catalog: ItemCatalog, targets
+) -> dict:
+    """A row of the task-dataset contract (docs/ARCHITECTURE.md)."""
+    first = targets[0] if targets else None
+    return {
+        "prompt": prompt,
+        "completion": [{"role": "assistant", "content": format_answer(answer, trace)}],
+        "task": task,
+        "mode": mode,
+        "user_id": user_id,
+        "history_items": history_ids,
+        "target_items": target_ids,
+        "target_sids": [catalog.sid_texts[t] or "" for t in targets],
+        "target_terms": list(catalog.terms[first] or []) if first is not None else [],
+        "domain": (catalog.categories[first] or [""])[0] if first is not None else "",
+    }
+
+
+class RecommendationTasks:
+    def __init__(
+        self,
+        catalog: ItemCatalog,
+        style: HistoryStyle,
+        system_prompt: bool = True,
+        seed: int = 0,
+        top_k: int = 5,
+    ):
+        self.catalog = catalog
+        self.style = style
+        self.term_style = HistoryStyle(
+            "term", "title" if style.item_text == "title" else "none", style.max_items, style.title_max_chars
+        )
+        self.system_prompt = system_prompt
+        self.seed = seed
+        self.top_k = top_k
+        self.templates = load_templates("recommendation")
+
+    def ineligible(self, task: str, row: RecRow) -> str | None:
+        """Why `row` cannot make a `task` example (a drop reason), or None."""
+        c = self.catalog
+        if task == "rec_term" and (not c.terms[row.targets[0]] or not all(c.terms[i] for i in row.history)):
+            return "no_term_id"
+        if task == "rec_multi" and len(row.targets) < 2:
+            return "single_target"
+        if task == "rec_behavior" and not row.event:
+            return "no_event"
+        return None
+
+    def verb(self, event: str) -> str:
+        verbs = self.templates["event_verbs"]
+        return verbs.get(event.lower(), f"interact with ({event})")
+
+    def user_text(self, task: str, row: RecRow, copy: int = 0) -> str:
+        """The user turn without its switch: identical for both modes of one (row, copy)."""
+        t = self.templates
+        style = self.term_style if task == "rec_term" else self.style
+        header = pick(t["history_header"], self.seed, "header", row.key, copy)
+        question = pick(t["question"][task], self.seed, task, row.key, copy)
+        question = question.format(k=len(row.targets[: self.top_k]), verb=self.verb(row.event))
+        return f"{header}\n{render_history(self.catalog, row.history, style)}\n{question}"
+
+    def answer(self, task: str, row: RecRow) -> tuple[str, list[int]]:
+        c = self.catalog
+        target = row.targets[0]
+        if task == "rec_term":
+            return f"[{render_terms(c.terms[target])}]", [target]
+        if task == "rec_hybrid":
+            return f"{c.sid_texts[target]} {clip(c.titles[target], self.style.title_max_chars)}".strip(), [
+                target
+            ]
+        if task == "rec_multi":
+            targets = row.targets[: self.top_k]
+            return "".join(c.sid_texts[t] for t in targets), targets
+        return c.sid_texts[target], [target]
+
+    def build(self, task: str, mode: str, row: RecRow, trace: str | None, copy: int = 0) -> dict:
+        if task not in REC_TASKS:
+            raise ValueError(f"unknown recommendation task {task!r}; known: {REC_TASKS}")
+        prompt = []
+        if self.system_prompt:
+            prompt.append(
+                {"role": "system", "content": pick(self.templates["system"], self.seed, "system", row.key)}
+            )
+        prompt.append({"role": "user", "content": with_switch(self.user_text(task, row, copy), mode)})
+        answer, targets = self.answer(task, row)
+        c = self.catalog
+        return example(
+            prompt,
+            answer,
+            trace if mode == "think" else None,
+            task,
+            mode,
+            row.user_id,
+            [c.item_ids[i] for i in row.history],
+            [c.item_ids[t] for t in targets],
+            c,
+            targets,
+        )

@@ -1,0 +1,109 @@
+"""Units of the task builders: mixture parsing and sampling, leakage checker, time patterns, templates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data_builders.tasks.catalog import build_catalog
+from data_builders.tasks.cot import DeterministicCot, classify_pattern
+from data_builders.tasks.cot_teacher import verify_trace
+from data_builders.tasks.leakage import find_leaks
+from data_builders.tasks.mixture import MixtureEntry, parse_mixture
+from data_builders.tasks.phrasing import load_templates
+
+
+def catalog_with_sids():
+    items = pa.table(
+        {
+            "item_id": ["a", "b", "c", "d"],
+            "title": [
+                "Aurix Minimalist Beaker AU-123, Black",
+                "Belon Pro Flask BE-1",
+                "Coro Tent CO-9",
+                "Dexa Beaker DE-5",
+            ],
+            "categories": [
+                ["Lab", "Glassware", "Beaker"],
+                ["Lab", "Glassware", "Flask"],
+                ["Out", "Camping", "Tent"],
+                ["Lab", "Glassware", "Beaker"],
+            ],
+            "style": ["minimalist", "minimalist", "rugged", "minimalist"],
+        }
+    )
+    catalog = build_catalog(items)
+    for i, codes in enumerate([(1, 2, 3), (1, 2, 4), (5, 6, 7), (1, 3, 8)]):
+        tokens = tuple(f"<s_{'abc'[k]}_{c}>" for k, c in enumerate(codes))
+        catalog.sid_tokens[i] = tokens
+        catalog.sid_texts[i] = "<|sid_begin|>" + "".join(tokens) + "<|sid_end|>"
+        catalog.terms[i] = ["beaker", "glassware", "minimalist", "lab", f"model {i}"]
+    return catalog
+
+
+def test_mixture_errors_name_the_entry():
+    with pytest.raises(ValueError, match="mix.yaml: entry 1: unknown task 'rec_foo'"):
+        parse_mixture(
+            [{"task": "rec_sid", "mode": "think", "weight": 1}, {"task": "rec_foo", "weight": 1}], "mix.yaml"
+        )
+    with pytest.raises(ValueError, match="entry 0: perception task 'caption' has no reasoning trace"):
+        parse_mixture([{"task": "caption", "mode": "think", "weight": 1}])
+    with pytest.raises(ValueError, match="exactly one of weight or count"):
+        parse_mixture([{"task": "rec_sid", "mode": "think", "weight": 1, "count": 3}])
+
+
+def test_mixture_sampling_is_seeded_and_honours_weight_and_count():
+    eligible = np.ones(1000, dtype=bool)
+    eligible[::10] = False
+    half = MixtureEntry("rec_sid", "think", weight=0.5)
+    first, again = half.multiplicities(eligible, seed=3), half.multiplicities(eligible, seed=3)
+    assert np.array_equal(first, again) and not np.array_equal(first, half.multiplicities(eligible, seed=4))
+    assert first[~eligible].sum() == 0 and 400 < first.sum() < 500
+    assert MixtureEntry("caption", "no_think", count=2000).multiplicities(eligible, 0).sum() == 2000
+    assert MixtureEntry("caption", "no_think", weight=2.0).multiplicities(eligible, 0).sum() == 1800
+
+
+def test_leakage_checker_finds_sid_tokens_title_and_distinguishing_term():
+    c = catalog_with_sids()
+    assert find_leaks("expect <s_a_1><s_b_2> items", c, [0]) == []
+    assert find_leaks("next: <s_a_1><s_b_2><s_c_3>", c, [0]) == ["sid"]
+    assert find_leaks("the AURIX MINIMALIST BEAKER AU-123, black one", c, [0]) == ["title"]
+    assert find_leaks("something like model 0 again", c, [0]) == ["term"]
+    assert find_leaks("something like model 01", c, [0]) == []
+
+
+def test_time_patterns():
+    assert classify_pattern([1, 4, 7, 10], 12) == ("periodic", 3)
+    assert classify_pattern([8, 10, 11], 12) == ("short_term", 0)
+    assert classify_pattern([0, 2, 5], 12) == ("fading", 0)
+    assert classify_pattern([0, 5, 11], 12) == ("long_term", 0)
+
+
+def test_trace_groups_history_and_describes_the_interest_without_the_target():
+    c = catalog_with_sids()
+    trace = DeterministicCot(c).build([0, 2, 1, 0, 2], [0, 1, 2, 3, 4], targets=[3])
+    assert [p.key for p in trace.interests] == [("Glassware", "minimalist"), ("Camping", "rugged")]
+    assert trace.interests[0].evidence == [0, 2, 3] and trace.matched
+    assert trace.interests[trace.chosen].key == ("Glassware", "minimalist")
+    assert "Its SID likely starts with <s_a_1><s_b_2>." in trace.text
+    assert find_leaks(trace.text, c, [3]) == [] and "model 3" not in trace.text
+    assert verify_trace(trace.text, c, [0, 2, 1, 0, 2], [3]) is None
+
+
+def test_verify_trace_rejects_missing_sections_leaks_citations_and_loops():
+    c = catalog_with_sids()
+    ok = "Derivation: #1 and #2 are glassware. Evolution: (1) glassware #1, #2. Recommendation: more glassware."
+    assert verify_trace(ok, c, [0, 1], [3]) is None
+    assert verify_trace("Derivation: x. Recommendation: y.", c, [0, 1], [3]) == "missing_sections"
+    assert verify_trace(ok + " Maybe Dexa Beaker DE-5.", c, [0, 1], [3]) == "leak"
+    assert verify_trace(ok.replace("#2", "#9"), c, [0, 1], [3]) == "bad_citation"
+    assert verify_trace(ok + " the same words again and again" * 5, c, [0, 1], [3]) == "loop"
+    assert verify_trace("   ", c, [0, 1], [3]) == "empty"
+
+
+def test_every_template_file_loads_and_lists_phrasings():
+    rec, perception = load_templates("recommendation"), load_templates("perception")
+    assert all(len(v) >= 2 for v in rec["question"].values())
+    assert {"caption", "text2sid", "sid2term", "term2sid", "item_qa", "association"} <= set(perception)
+    assert set(load_templates("cot")) == {"derivation", "evolution", "recommendation"}
