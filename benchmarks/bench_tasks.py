@@ -22,10 +22,9 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onereason.item_index import ItemIndex  # noqa: E402
-
 from data_builders.build import BuildDataConfig, build_data  # noqa: E402
 from data_builders.tasks.build import BuildTasksConfig, build_tasks  # noqa: E402
+from onereason.item_index import ItemIndex  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "amazon-scientific"
 

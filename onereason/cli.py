@@ -16,11 +16,23 @@ import sys
 
 # name -> (module:function, one-line summary). Imports are lazy so `--help` is instant.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("onereason.quickstart:main", "run the whole pipeline on the synthetic world (CPU, minutes)"),
+    "quickstart": (
+        "onereason.quickstart:main",
+        "run the whole pipeline on the synthetic world (CPU, minutes)",
+    ),
     "init-model": ("onereason.init_model:main", "build a tiny Qwen3-style model + tokenizer offline"),
-    "build-data": ("data_builders.build:main", "load a source, clean it, split it (canonical tables + stats.json)"),
-    "build-ids": ("data_builders.identifiers.build:main", "item embeddings -> semantic IDs + Term IDs -> item_index.json"),
-    "build-tasks": ("data_builders.tasks.build:main", "histories -> task datasets with three-level CoT (DatasetDict)"),
+    "build-data": (
+        "data_builders.build:main",
+        "load a source, clean it, split it (canonical tables + stats.json)",
+    ),
+    "build-ids": (
+        "data_builders.identifiers.build:main",
+        "item embeddings -> semantic IDs + Term IDs -> item_index.json",
+    ),
+    "build-tasks": (
+        "data_builders.tasks.build:main",
+        "histories -> task datasets with three-level CoT (DatasetDict)",
+    ),
     "train": ("onereason.train:main", "run a training stage from a recipe (align, sft, grpo, ppo, unify)"),
     "eval": ("evaluation.run:main", "constrained generation, metrics, thinking vs non-thinking report"),
     "push": ("onereason.push:main", "push a model + tokenizer + item index + model card to the Hub"),
@@ -49,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"onereason: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)

@@ -14,7 +14,9 @@ from typing import Any
 from trl import TrlParser
 
 
-def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None) -> tuple[Any, ...]:
+def parse_config(
+    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None
+) -> tuple[Any, ...]:
     """Parse `argv` (default `sys.argv[1:]`) into one instance per dataclass type."""
     parser = TrlParser(list(dataclass_types), prog=prog)
     args = list(sys.argv[1:] if argv is None else argv)

@@ -19,13 +19,19 @@ class InitModelConfig:
     output_dir: str = field(metadata={"help": "Folder to write the model and tokenizer to."})
     preset: str = field(default="tiny", metadata={"help": f"Size preset: one of {sorted(SIZE_PRESETS)}."})
     items_path: str | None = field(
-        default=None, metadata={"help": "items.parquet (from build-data) whose titles/descriptions train the tokenizer."}
+        default=None,
+        metadata={"help": "items.parquet (from build-data) whose titles/descriptions train the tokenizer."},
     )
-    corpus_files: list[str] | None = field(default=None, metadata={"help": "Extra plain-text files for the tokenizer corpus."})
+    corpus_files: list[str] | None = field(
+        default=None, metadata={"help": "Extra plain-text files for the tokenizer corpus."}
+    )
     item_index: str | None = field(
-        default=None, metadata={"help": "item_index.json: its itemic tokens become single tokens; copied into output_dir."}
+        default=None,
+        metadata={"help": "item_index.json: its itemic tokens become single tokens; copied into output_dir."},
     )
-    vocab_size: int | None = field(default=None, metadata={"help": "BPE vocabulary size (default: the preset's)."})
+    vocab_size: int | None = field(
+        default=None, metadata={"help": "BPE vocabulary size (default: the preset's)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed for the model's initial weights."})
 
 
@@ -42,16 +48,41 @@ def corpus_from_items(items_path: str | Path) -> list[str]:
     return texts
 
 
-# Phrasings every prompt uses, so the tokenizer has whole-word tokens for them.
-PROMPT_CORPUS = [
-    "You are a recommender. The user's history, oldest first. Which item will the user interact with next?",
-    "Derivation: Evolution: Recommendation: long-term short-term periodic fading interest noise item",
-    "The next item should be a similar item from the same category, style and price band.",
-]
+def prompt_corpus() -> list[str]:
+    """Every phrase of the task builders' prompt and CoT templates (placeholders removed).
+
+    A from-scratch model sees these phrases in every row; whole-word tokens for them make
+    rows several times shorter than a tokenizer trained on item texts alone would.
+    """
+    import importlib.util
+    import re
+
+    import yaml
+
+    # The chat template's role names and the thinking switches, in every row.
+    texts: list[str] = ["system\n", "user\n", "assistant\n", "The user /think", "The user /no_think"]
+    spec = importlib.util.find_spec("data_builders.tasks")
+    if spec is None or not spec.submodule_search_locations:
+        return texts
+
+    def collect(node) -> None:
+        if isinstance(node, str):
+            texts.append(re.sub(r"\{[^}]*\}", " ", node))
+        elif isinstance(node, dict):
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    for folder in spec.submodule_search_locations:
+        for path in sorted(Path(folder, "templates").glob("*.yaml")):
+            collect(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return texts
 
 
 def build(config: InitModelConfig) -> Path:
-    corpus = list(PROMPT_CORPUS) * 10
+    corpus = prompt_corpus() * 20
     if config.items_path:
         corpus += corpus_from_items(config.items_path)
     for path in config.corpus_files or []:

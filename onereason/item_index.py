@@ -9,6 +9,7 @@ SID as text in a configurable format and parses SIDs back out of arbitrary model
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from onereason.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -71,18 +74,28 @@ class ItemIndex:
     returns all of them, and `collisions()` reports them.
     """
 
-    def __init__(self, item_ids: Iterable[str], codes, terms: Sequence[Sequence[str]] | None = None,
-                 sid_format: SIDFormat | None = None, meta: dict | None = None):
+    def __init__(
+        self,
+        item_ids: Iterable[str],
+        codes,
+        terms: Sequence[Sequence[str]] | None = None,
+        sid_format: SIDFormat | None = None,
+        meta: dict | None = None,
+    ):
         self.item_ids = [str(i) for i in item_ids]
         self.codes = np.asarray(codes, dtype=np.int64)
         if self.codes.ndim != 2 or len(self.codes) != len(self.item_ids):
-            raise ValueError(f"codes must have shape (n_items={len(self.item_ids)}, n_levels), got {self.codes.shape}")
+            raise ValueError(
+                f"codes must have shape (n_items={len(self.item_ids)}, n_levels), got {self.codes.shape}"
+            )
         if (self.codes < 0).any():
             row = int(np.argwhere(self.codes < 0)[0][0])
             raise ValueError(f"negative SID code for item {self.item_ids[row]!r}")
         self.sid_format = sid_format or SIDFormat.openonerec(self.codes.shape[1])
         if len(self.sid_format.prefixes) != self.codes.shape[1]:
-            raise ValueError(f"sid_format has {len(self.sid_format.prefixes)} levels, codes have {self.codes.shape[1]}")
+            raise ValueError(
+                f"sid_format has {len(self.sid_format.prefixes)} levels, codes have {self.codes.shape[1]}"
+            )
         self.term_ids = [list(map(str, t)) for t in terms] if terms is not None else None
         if self.term_ids is not None and len(self.term_ids) != len(self.item_ids):
             raise ValueError(f"terms has {len(self.term_ids)} rows for {len(self.item_ids)} items")
@@ -90,7 +103,9 @@ class ItemIndex:
         self._row: dict[str, int] = {}
         for row, item in enumerate(self.item_ids):
             if item in self._row:
-                raise ValueError(f"duplicate item id {item!r} in the item index (rows {self._row[item]} and {row})")
+                raise ValueError(
+                    f"duplicate item id {item!r} in the item index (rows {self._row[item]} and {row})"
+                )
             self._row[item] = row
         self._by_sid: dict[tuple[int, ...], list[str]] = defaultdict(list)
         for item, sid in zip(self.item_ids, map(tuple, self.codes.tolist())):
@@ -99,8 +114,10 @@ class ItemIndex:
 
     # --- looking things up -------------------------------------------------------------
     def __repr__(self) -> str:
-        return (f"ItemIndex({len(self)} items, {self.n_levels} levels, codebooks {self.codebook_sizes}, "
-                f"{len(self.collisions())} shared SIDs, terms={self.term_ids is not None})")
+        return (
+            f"ItemIndex({len(self)} items, {self.n_levels} levels, codebooks {self.codebook_sizes}, "
+            f"{len(self.collisions())} shared SIDs, terms={self.term_ids is not None})"
+        )
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -156,6 +173,14 @@ class ItemIndex:
     def collisions(self) -> dict[tuple[int, ...], list[str]]:
         """SIDs carried by more than one item."""
         return {sid: list(items) for sid, items in self._by_sid.items() if len(items) > 1}
+
+    def n_collisions(self) -> int:
+        """Items that share their SID with an earlier item (items − distinct SIDs).
+
+        This is the figure published indexes quote ("16 collisions"): a SID shared by
+        k items counts k − 1.
+        """
+        return len(self.item_ids) - len(self._by_sid)
 
     # --- reading model output ----------------------------------------------------------
     def parse(self, text: object) -> list[tuple[int, ...]]:
@@ -219,14 +244,24 @@ class ItemIndex:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not a valid item index JSON file ({err})") from None
         if d.get("format_version") != FORMAT_VERSION or "items" not in d:
-            raise ValueError(f"{path}: not an onereason item index (format_version {d.get('format_version')!r})")
+            raise ValueError(
+                f"{path}: not an onereason item index (format_version {d.get('format_version')!r})"
+            )
         rows = d["items"]
         for n, row in enumerate(rows):
             if not (isinstance(row, list) and len(row) == 3 and isinstance(row[1], list)):
                 raise ValueError(f"{path}: item row {n} is malformed: {row!r:.120}")
-        codes = np.array([r[1] for r in rows], dtype=np.int64).reshape(len(rows), -1)
+        sid_format = SIDFormat.from_dict(d["sid_format"])
+        levels = {len(r[1]) for r in rows}
+        if levels - {len(sid_format.prefixes)}:
+            bad = next(n for n, r in enumerate(rows) if len(r[1]) != len(sid_format.prefixes))
+            raise ValueError(
+                f"{path}: item row {bad} has {len(rows[bad][1])} codes, the format has "
+                f"{len(sid_format.prefixes)} levels"
+            )
+        codes = np.array([r[1] for r in rows], dtype=np.int64).reshape(len(rows), len(sid_format.prefixes))
         terms = [r[2] for r in rows] if d.get("has_terms") else None
-        return cls([r[0] for r in rows], codes, terms, SIDFormat.from_dict(d["sid_format"]), d.get("meta") or {})
+        return cls([r[0] for r in rows], codes, terms, sid_format, d.get("meta") or {})
 
     @classmethod
     def from_published_json(cls, path: str | Path, items: Iterable[str] | None = None) -> ItemIndex:
@@ -236,7 +271,16 @@ class ItemIndex:
         the index to those ids (and fails naming any that the file lacks).
         """
         path = Path(path)
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"published item index not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f'{path}: expected {{"<item>": ["<a_1>", "<b_2>", ...]}}, got a {type(data).__name__}'
+            )
         token = re.compile(r"^<([A-Za-z_]+?)_(\d+)>$")
         prefixes: list[str] | None = None
         ids, codes = [], []
@@ -253,8 +297,19 @@ class ItemIndex:
             codes.append([int(m.group(2)) for m in parsed])
         if prefixes is None:
             raise ValueError(f"{path}: the index is empty")
-        index = cls(ids, np.array(codes), sid_format=SIDFormat(tuple(prefixes), None, None),
-                    meta={"source": str(path.name)})
+        index = cls(
+            ids,
+            np.array(codes),
+            sid_format=SIDFormat(tuple(prefixes), None, None),
+            meta={"source": str(path.name)},
+        )
+        if index.n_collisions():
+            logger.info(
+                "%s: %d items share their SID with another item (%d shared SIDs)",
+                path,
+                index.n_collisions(),
+                len(index.collisions()),
+            )
         if items is not None:
             wanted = [str(i) for i in items]
             missing = [i for i in wanted if i not in index]

@@ -15,17 +15,21 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Qwen2Tokenizer
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Qwen2Tokenizer,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 from trl.chat_template_utils import qwen3_chat_template
 
 logger = logging.getLogger(__name__)
 
 # Qwen2/Qwen3's pre-tokenizer split pattern: training the BPE with the same split keeps its
 # merges valid inside `Qwen2Tokenizer`, which applies this pattern itself.
-QWEN_SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN_SPLIT_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 EOS_TOKEN = "<|endoftext|>"
 CHAT_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>"]
@@ -123,7 +127,10 @@ def build_model(tokenizer: PreTrainedTokenizerBase, preset: str = "tiny", seed: 
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(EOS_TOKEN)]
+    model.generation_config.eos_token_id = [
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids(EOS_TOKEN),
+    ]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 

@@ -30,8 +30,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class QuickstartConfig:
-    out: str = field(default="runs/quickstart", metadata={"help": "Folder for every artefact and the final report."})
-    recipes: str = field(default=str(RECIPES), metadata={"help": "Folder with the quickstart's stage recipes."})
+    out: str = field(
+        default="runs/quickstart", metadata={"help": "Folder for every artefact and the final report."}
+    )
+    recipes: str = field(
+        default=str(RECIPES), metadata={"help": "Folder with the quickstart's stage recipes."}
+    )
     stages: list[str] | None = field(
         default=None, metadata={"help": "Run only these steps (names as printed); default: all."}
     )
@@ -43,22 +47,105 @@ def steps(out: Path, recipes: Path) -> list[tuple[str, str, list[str]]]:
     r = recipes
     return [
         ("data", "build-data", ["--config", f"{r}/data.yaml", "--out_dir", f"{out}/data"]),
-        ("ids", "build-ids", ["--config", f"{r}/ids.yaml", "--items_path", f"{out}/data", "--out_dir", f"{out}/ids"]),
-        ("model", "init-model", ["--config", f"{r}/model.yaml", "--items_path", f"{out}/data/items.parquet",
-                                 "--output_dir", f"{out}/models/base"]),
-        ("tasks", "build-tasks", ["--config", f"{r}/tasks.yaml", "--data_dir", f"{out}/data",
-                                  "--item_index", f"{out}/ids/item_index.json", "--out_dir", f"{out}/tasks",
-                                  "--truth_dir", f"{out}/data", "--tokenizer", f"{out}/models/base",
-                                  "--mixture", f"{r}/mixture.yaml"]),
-        ("align", "train", ["--config", f"{r}/align.yaml", "--model_name_or_path", f"{out}/models/base",
-                            "--dataset_path", f"{out}/tasks", "--item_index", f"{out}/ids/item_index.json",
-                            "--items_path", f"{out}/data/items.parquet", "--output_dir", f"{out}/models/align"]),
-        ("sft", "train", ["--config", f"{r}/sft.yaml", "--model_name_or_path", f"{out}/models/align",
-                          "--dataset_path", f"{out}/tasks", "--output_dir", f"{out}/models/sft"]),
-        ("grpo", "train", ["--config", f"{r}/grpo.yaml", "--model_name_or_path", f"{out}/models/sft",
-                           "--dataset_path", f"{out}/tasks", "--output_dir", f"{out}/models/grpo"]),
-        ("eval", "eval", ["--config", f"{r}/eval.yaml", "--checkpoints", f"{out}/models/sft,{out}/models/grpo",
-                          "--dataset_path", f"{out}/tasks", "--data_dir", f"{out}/data", "--output_dir", str(out)]),
+        (
+            "ids",
+            "build-ids",
+            ["--config", f"{r}/ids.yaml", "--items_path", f"{out}/data", "--out_dir", f"{out}/ids"],
+        ),
+        (
+            "model",
+            "init-model",
+            [
+                "--config",
+                f"{r}/model.yaml",
+                "--items_path",
+                f"{out}/data/items.parquet",
+                "--output_dir",
+                f"{out}/models/base",
+            ],
+        ),
+        (
+            "tasks",
+            "build-tasks",
+            [
+                "--config",
+                f"{r}/tasks.yaml",
+                "--data_dir",
+                f"{out}/data",
+                "--item_index",
+                f"{out}/ids/item_index.json",
+                "--out_dir",
+                f"{out}/tasks",
+                "--truth_dir",
+                f"{out}/data",
+                "--tokenizer",
+                f"{out}/models/base",
+                "--mixture",
+                f"{r}/mixture.yaml",
+            ],
+        ),
+        (
+            "align",
+            "train",
+            [
+                "--config",
+                f"{r}/align.yaml",
+                "--model_name_or_path",
+                f"{out}/models/base",
+                "--dataset_path",
+                f"{out}/tasks",
+                "--item_index",
+                f"{out}/ids/item_index.json",
+                "--items_path",
+                f"{out}/data/items.parquet",
+                "--output_dir",
+                f"{out}/models/align",
+            ],
+        ),
+        (
+            "sft",
+            "train",
+            [
+                "--config",
+                f"{r}/sft.yaml",
+                "--model_name_or_path",
+                f"{out}/models/align",
+                "--dataset_path",
+                f"{out}/tasks",
+                "--output_dir",
+                f"{out}/models/sft",
+            ],
+        ),
+        (
+            "grpo",
+            "train",
+            [
+                "--config",
+                f"{r}/grpo.yaml",
+                "--model_name_or_path",
+                f"{out}/models/sft",
+                "--dataset_path",
+                f"{out}/tasks",
+                "--output_dir",
+                f"{out}/models/grpo",
+            ],
+        ),
+        (
+            "eval",
+            "eval",
+            [
+                "--config",
+                f"{r}/eval.yaml",
+                "--checkpoints",
+                f"{out}/models/sft,{out}/models/grpo",
+                "--dataset_path",
+                f"{out}/tasks",
+                "--data_dir",
+                f"{out}/data",
+                "--output_dir",
+                str(out),
+            ],
+        ),
     ]
 
 
@@ -76,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = steps(out, Path(config.recipes))
     unknown = set(config.stages or ()) - {name for name, _, _ in plan}
     if unknown:
-        raise SystemExit(f"error: unknown quickstart step(s) {sorted(unknown)}; steps: {[n for n, _, _ in plan]}")
+        raise SystemExit(
+            f"error: unknown quickstart step(s) {sorted(unknown)}; steps: {[n for n, _, _ in plan]}"
+        )
     timings: dict[str, float] = {}
     start = time.perf_counter()
     for i, (name, command, step_argv) in enumerate(plan, 1):
@@ -97,5 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     report = out / "report.md"
     if report.exists():
         print("\n" + report.read_text(encoding="utf-8"))
-    print(f"quickstart finished in {total:.0f} s; report: {report}, {out / 'report.json'}, {out / 'comparison.png'}")
+    print(
+        f"quickstart finished in {total:.0f} s; report: {report}, {out / 'report.json'}, {out / 'comparison.png'}"
+    )
     return 0

@@ -18,7 +18,9 @@ ITEMIC = ["<s_a_1>", "<s_b_2>", "<s_c_3>"]
 
 
 def test_cli_help_lists_every_command():
-    out = subprocess.run([sys.executable, "-m", "onereason.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "onereason.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for name in COMMANDS:
         assert name in out
 
@@ -30,7 +32,12 @@ def test_unknown_command_fails_cleanly():
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_subcommand_has_help(command):
-    proc = subprocess.run([sys.executable, "-m", "onereason.cli", command, "--help"], capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-m", "onereason.cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--" in proc.stdout and "usage" in proc.stdout.lower()
 
@@ -67,7 +74,9 @@ def test_tiny_model_tokens_template_and_reload(make_tiny_model):
     # Both thinking modes render with Qwen3's conventions.
     chat = [{"role": "user", "content": thinking.with_switch("history", "think")}]
     think_prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    no_think = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    no_think = tok.apply_chat_template(
+        chat, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     assert think_prompt.endswith("<|im_start|>assistant\n") and "/think" in think_prompt
     assert no_think.endswith("<|im_start|>assistant\n" + thinking.EMPTY_THINK)
     full = tok.apply_chat_template(chat + [{"role": "assistant", "content": answer}], tokenize=False)

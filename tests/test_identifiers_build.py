@@ -126,3 +126,21 @@ def test_cache_key_depends_on_model_and_every_text():
     assert cache_key("m", ["a", "b"]) != cache_key("n", ["a", "b"])
     assert cache_key("m", ["ab"]) != cache_key("m", ["a", "b"])
     assert cache_key("m", ["a", "b"]) == cache_key("m", ["a", "b"])
+
+
+def test_encoder_threads_are_restored_and_max_length_keys_the_cache(tmp_path):
+    import torch
+
+    from data_builders.identifiers.embed import encode_texts
+
+    texts = ["Title: Digital caliper. Brand: Acme", "Title: Lab goggles", "item 7"]
+    threads = torch.get_num_threads()
+    short = encode_texts(texts, cache_dir=tmp_path, show_progress=False, max_length=8, num_threads=1)
+    assert torch.get_num_threads() == threads  # the encode's thread count does not leak out
+    long = encode_texts(texts, cache_dir=tmp_path, show_progress=False, max_length=32, num_threads=1)
+    assert short.shape == long.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(long, axis=1), 1.0, atol=1e-5)
+    assert len(list(tmp_path.glob("*.npy"))) == 2  # max_length is part of the cache key
+    assert not np.allclose(short[0], long[0])  # 8 tokens cut the first text, 32 do not
+    cached = encode_texts(texts, cache_dir=tmp_path, show_progress=False, max_length=32)
+    np.testing.assert_array_equal(cached, long)

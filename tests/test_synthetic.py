@@ -76,7 +76,9 @@ def test_time_patterns_hold():
                 assert step >= int(0.6 * n)
     times = w.interactions.column("timestamp").to_pylist()
     users = w.interactions.column("user_id").to_pylist()
-    assert all(t1 < t2 for (u1, t1), (u2, t2) in zip(zip(users, times), zip(users[1:], times[1:])) if u1 == u2)
+    assert all(
+        t1 < t2 for (u1, t1), (u2, t2) in zip(zip(users, times), zip(users[1:], times[1:])) if u1 == u2
+    )
 
 
 def test_bad_config_is_rejected():

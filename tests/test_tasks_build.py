@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("onereason.item_index", reason="onereason.item_index (ItemIndex) is not written yet")
 
 from datasets import load_from_disk  # noqa: E402
-from onereason.item_index import ItemIndex  # noqa: E402
 
 from data_builders.build import BuildDataConfig, build_data  # noqa: E402
 from data_builders.synthetic import SyntheticConfig, generate_world  # noqa: E402
 from data_builders.tasks.build import BuildTasksConfig, build_tasks, main  # noqa: E402
+from onereason.item_index import ItemIndex  # noqa: E402
 from onereason.thinking import EMPTY_THINK, split_answer  # noqa: E402
 
 CONTRACT_COLUMNS = [

@@ -70,6 +70,9 @@ class BuildIdsConfig:
     encoder_max_length: int = field(
         default=128, metadata={"help": "tokens per item text (cost grows with it)"}
     )
+    encoder_threads: int | None = field(
+        default=None, metadata={"help": "torch threads while encoding (default: torch's own choice)"}
+    )
     device: str = field(default="cpu", metadata={"help": "encoder / RQ-VAE device"})
     cache_dir: str | None = field(
         default=None, metadata={"help": "embeddings cache (default <out_dir>/cache)"}
@@ -240,6 +243,7 @@ def build_ids(config: BuildIdsConfig):
         cache_dir=config.cache_dir or out / "cache",
         device=config.device,
         max_length=config.encoder_max_length,
+        num_threads=config.encoder_threads,
     )
     check_finite(embeddings, texts.item_ids, source=f"encoder {config.encoder}")
     timings["embed"] = time.perf_counter() - t0

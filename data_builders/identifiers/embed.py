@@ -157,12 +157,16 @@ def encode_texts(
     normalize: bool = True,
     show_progress: bool = True,
     max_length: int | None = 128,
+    num_threads: int | None = None,
 ) -> np.ndarray:
     """Encode `texts` with a sentence-transformers model -> float32 array (n, d).
 
     Looks up `<cache_dir>/<model-slug>-<hash>.npy` first; writes it atomically after.
     `max_length` caps tokens per text (encoder cost grows with it; the template puts title,
     brand and categories first so truncation cuts the description); None keeps the model's.
+    sentence-transformers already sorts texts by length before batching, so short texts are
+    not padded to long ones. `num_threads` sets torch's intra-op threads for the encode only
+    (on a shared CPU, fewer threads than cores avoids threads waiting on each other).
     """
     path = None
     if cache_dir is not None:
@@ -176,13 +180,21 @@ def encode_texts(
     encoder = SentenceTransformer(resolve_encoder(model), device=device or "cpu")
     if max_length is not None:
         encoder.max_seq_length = min(max_length, encoder.max_seq_length or max_length)
-    emb = encoder.encode(
-        list(texts),
-        batch_size=batch_size,
-        show_progress_bar=show_progress,
-        convert_to_numpy=True,
-        normalize_embeddings=normalize,
-    ).astype(np.float32)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        emb = encoder.encode(
+            list(texts),
+            batch_size=batch_size,
+            show_progress_bar=show_progress,
+            convert_to_numpy=True,
+            normalize_embeddings=normalize,
+        ).astype(np.float32)
+    finally:
+        torch.set_num_threads(threads_before)
     check_finite(emb, source=f"encoder {model}")
     if path is not None:
         buf = io.BytesIO()

@@ -1,0 +1,234 @@
+"""`onereason eval`: checkpoints × modes × protocol → runs, metrics, baselines, report.
+
+    onereason eval --config recipes/eval/scientific_loo.yaml
+    onereason eval --config recipes/eval/sft_vs_rl.yaml --compare        # both modes + bootstrap
+    onereason eval --models runs/tiny/sft --data_path runs/tiny/data --max_examples 50
+
+Writes to `out_dir`: `runs/<checkpoint>-<mode>.jsonl` (one line per user), `report.json`,
+`report.md`, `comparison.png` (docs/ARCHITECTURE.md, "evaluation outputs"). Generation is
+resumable: rerunning the same command skips the shards already on disk.
+
+`data_path` may be a task dataset (`onereason build-tasks` output: the prompts the model was
+trained with), a split folder (`onereason build-data` output; `splits/<split>.parquet`), a
+split parquet file, or a MiniOneRec CSV. `protocol` picks the cut-offs (`loo`: K in
+{1,5,10,20,32}; `minionerec`: HR/NDCG@{3,5,10}).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.baselines import cooccurrence_baseline, popularity_baseline
+from evaluation.generate import DecodingConfig, evaluate_checkpoint, load_item_index
+from evaluation.metrics import compute_metrics, generation_stats
+from evaluation.protocols import (
+    PROTOCOLS,
+    EvalExample,
+    check_targets,
+    examples_from_rows,
+    examples_from_tasks,
+    read_minionerec_csv,
+    read_split,
+)
+from evaluation.report import RunResult, write_report
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("popularity", "cooccurrence")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and where to write it (decoding settings are in `DecodingArgs`)."""
+
+    models: list[str] = field(
+        default_factory=list, metadata={"help": "checkpoint folders or Hub ids, compared in order"}
+    )
+    names: list[str] = field(
+        default_factory=list, metadata={"help": "short names per model (default: folder names)"}
+    )
+    item_index: str | None = field(
+        default=None, metadata={"help": "item index path (default: <model>/item_index.json)"}
+    )
+    data_path: str = field(
+        default="", metadata={"help": "task dataset, split folder, split parquet or MiniOneRec CSV"}
+    )
+    split: str = field(default="test", metadata={"help": "which split to evaluate"})
+    protocol: str = field(default="loo", metadata={"help": "loo | minionerec"})
+    tasks: list[str] = field(
+        default_factory=lambda: ["rec_sid"], metadata={"help": "task-dataset tasks to evaluate"}
+    )
+    modes: list[str] = field(default_factory=lambda: ["no_think"], metadata={"help": "think and/or no_think"})
+    compare: bool = field(default=False, metadata={"help": "evaluate both modes and add paired bootstraps"})
+    max_history: int = field(default=20, metadata={"help": "history items shown in plain prompts"})
+    max_examples: int | None = field(default=None, metadata={"help": "evaluate only the first N examples"})
+    baselines: list[str] = field(
+        default_factory=lambda: list(BASELINES), metadata={"help": "popularity, cooccurrence"}
+    )
+    train_split: str | None = field(
+        default=None, metadata={"help": "train split for baselines (default: <data>/splits/train.parquet)"}
+    )
+    out_dir: str = field(default="runs/eval", metadata={"help": "output folder"})
+    shard_size: int = field(default=256, metadata={"help": "users per resumable shard"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, … (default: accelerate's device)"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype"})
+    n_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples"})
+    bootstrap_seed: int = field(default=0)
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
+        if self.compare:
+            self.modes = ["no_think", "think"]
+        bad = [m for m in self.modes if m not in ("think", "no_think")]
+        if bad:
+            raise ValueError(f"modes must be think and/or no_think, got {bad}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; known: {BASELINES}")
+        if self.names and len(self.names) != len(self.models):
+            raise ValueError(f"{len(self.names)} names for {len(self.models)} models")
+
+
+@dataclass
+class DecodingArgs(DecodingConfig):
+    """Decoding settings (same for both modes; `think_*` apply to the thinking stage only)."""
+
+
+def load_examples(cfg: EvalConfig, index) -> tuple[list[EvalExample], str]:
+    """The examples of `cfg.data_path` and the kind of input it was."""
+    path = Path(cfg.data_path)
+    if not cfg.data_path or not path.exists():
+        raise FileNotFoundError(f"data_path not found: {cfg.data_path!r}")
+    if path.suffix == ".csv":
+        rows, kind = read_minionerec_csv(path), "minionerec_csv"
+    elif path.suffix == ".parquet":
+        rows, kind = read_split(path), "split"
+    elif (path / "splits").is_dir():
+        rows, kind = read_split(path / "splits" / f"{cfg.split}.parquet"), "split"
+    elif (path / "dataset_dict.json").exists():
+        return examples_from_tasks(
+            path, cfg.split if cfg.split != "valid" else "validation", cfg.tasks
+        ), "tasks"
+    else:
+        raise ValueError(f"{path}: not a task dataset, a split folder, a .parquet split or a .csv")
+    return examples_from_rows(rows, index, cfg.max_history, source=str(path)), kind
+
+
+def train_rows(cfg: EvalConfig) -> list[dict] | None:
+    if cfg.train_split:
+        path = Path(cfg.train_split)
+        return read_minionerec_csv(path) if path.suffix == ".csv" else read_split(path)
+    default = Path(cfg.data_path) / "splits" / "train.parquet"
+    return read_split(default) if default.exists() else None
+
+
+def score(name: str, checkpoint: str, mode: str, run: list[dict], ks, wall_s: float | None) -> RunResult:
+    has_sids = all(r.get("target_sids") for r in run)
+    return RunResult(
+        name=name,
+        checkpoint=checkpoint,
+        mode=mode,
+        item=compute_metrics(run, ks, "item"),
+        sid=compute_metrics(run, ks, "sid") if has_sids and run else None,
+        stats=generation_stats(run, wall_s) if mode != "baseline" else {"n_users": len(run)},
+        think_tokens=np.array([float(r.get("think_tokens") or 0) for r in run]),
+    )
+
+
+def run_baselines(
+    cfg: EvalConfig, examples: Sequence[EvalExample], index, ks
+) -> tuple[list[RunResult], str | None]:
+    if not cfg.baselines:
+        return [], None
+    train = train_rows(cfg)
+    if train is None:
+        return [], f"no train split found (set train_split); baselines {cfg.baselines} skipped"
+    test = [ex.to_row() for ex in examples]
+    out = []
+    for name in cfg.baselines:
+        fn = popularity_baseline if name == "popularity" else cooccurrence_baseline
+        run = fn(train, test, k=max(ks))
+        for record in run:  # SID view of the baseline's ranking, for SID-level metrics
+            record["target_sids"] = list(dict.fromkeys(index.sid_text(t) for t in record["targets"]))
+            record["ranked_sids"] = list(
+                dict.fromkeys(index.sid_text(i) for i in record["ranked_items"] if i in index)
+            )
+        out.append(score(f"baseline/{name}", name, "baseline", run, ks, None))
+    return out, None
+
+
+def evaluate(cfg: EvalConfig, decoding: DecodingConfig) -> dict:
+    """The whole `onereason eval` run; returns the report object."""
+    from onereason.modeling import load_model_and_tokenizer
+
+    if not cfg.models and not cfg.baselines:
+        raise ValueError("nothing to evaluate: give models and/or baselines")
+    protocol = PROTOCOLS[cfg.protocol]
+    out = Path(cfg.out_dir)
+    index = (
+        load_item_index(cfg.models[0], cfg.item_index) if cfg.models else load_item_index("", cfg.item_index)
+    )
+    examples, kind = load_examples(cfg, index)
+    examples, drops = check_targets(examples, index)
+    if cfg.max_examples:
+        examples = examples[: cfg.max_examples]
+    if not examples:
+        raise ValueError(f"{cfg.data_path}: no example has a target in the item index (drops: {drops})")
+    logger.info("%d examples from %s (%s); drops %s", len(examples), cfg.data_path, kind, drops)
+    results: list[RunResult] = []
+    names = cfg.names or [Path(m).name or m for m in cfg.models]
+    for model_path, name in zip(cfg.models, names):
+        this_index = load_item_index(model_path, cfg.item_index)
+        loaded = load_model_and_tokenizer(model_path, dtype=cfg.dtype, device=cfg.device or _default_device())
+        for mode in cfg.modes:
+            run, wall = evaluate_checkpoint(
+                model_path,
+                examples,
+                this_index,
+                mode,
+                decoding,
+                out / "runs" / f"{name}-{mode}.jsonl",
+                cfg.shard_size,
+                model_and_tokenizer=loaded,
+            )
+            results.append(score(f"{name}/{mode}", name, mode, run, protocol.ks, wall))
+    baselines, skipped = run_baselines(cfg, examples, index, protocol.ks)
+    meta = {
+        "protocol": cfg.protocol,
+        "data": f"{cfg.data_path} ({kind}, split {cfg.split})",
+        "n_examples": len(examples),
+        "drops": drops,
+        "config": asdict(cfg),
+        "decoding": asdict(decoding),
+    }
+    if skipped:
+        meta["baselines_skipped"] = skipped
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return {}
+    return write_report(
+        out, results + baselines, protocol.ks, protocol.families, meta, cfg.n_bootstrap, cfg.bootstrap_seed
+    )
+
+
+def _default_device() -> str:
+    from accelerate import PartialState
+
+    return str(PartialState().device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from onereason.configs import parse_config
+
+    cfg, decoding = parse_config([EvalConfig, DecodingArgs], argv, prog="onereason eval")
+    report = evaluate(cfg, decoding)
+    if report:
+        print((Path(cfg.out_dir) / "report.md").read_text())
+    return 0

@@ -1,0 +1,104 @@
+"""What the GRPO and PPO stages share: their recipe fields and how rows, rewards and the trie are set up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import datasets
+
+from onereason.rewards import RewardContext, build_rewards, parse_reward_specs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RLArguments:
+    """Our RL fields that TRL's `GRPOConfig` does not have."""
+
+    rewards: list[str] = field(
+        default_factory=lambda: ["hit"],
+        metadata={
+            "help": "Rewards and weights. YAML: a list of {name, weight, **params} (e.g. {name: think_length, "
+            "weight: 0.1, budget: 128}); command line: names or name:weight (hit:1.0 format:0.2). "
+            "`model:<path>` plugs in a reward model."
+        },
+    )
+    think_budget: int = field(
+        default=128, metadata={"help": "Most tokens sampled inside <think> per rollout."}
+    )
+    num_sids: int = field(
+        default=1, metadata={"help": "SIDs per answer; EOS is allowed only after that many."}
+    )
+    decoding: str = field(
+        default="sample",
+        metadata={
+            "help": "sample: each group member sampled; beam: the group is the top-G constrained beams."
+        },
+    )
+    max_sid_tokens: int | None = field(
+        default=None, metadata={"help": "Tokens of one SID (default: measured on the item index)."}
+    )
+    domain_field: str = field(
+        default="domain",
+        metadata={"help": "Column that names a row's domain (domain, or task for task specialists)."},
+    )
+    domains: list[str] | None = field(
+        default=None,
+        metadata={"help": "Keep only rows whose `domain_field` is one of these (a specialist run)."},
+    )
+
+    def __post_init__(self):
+        if self.decoding not in ("sample", "beam"):
+            raise ValueError(f"decoding must be 'sample' or 'beam', got {self.decoding!r}")
+        if self.think_budget < 1 or self.num_sids < 1:
+            raise ValueError("think_budget and num_sids must be positive")
+        parse_reward_specs(self.rewards)  # unknown reward names fail at parse time
+
+
+def rl_rows(data: datasets.Dataset, args: RLArguments) -> datasets.Dataset:
+    """Rows RL can score: with item targets (SID rewards), in the requested domains."""
+    if "prompt" not in data.column_names:
+        raise ValueError(f"the task dataset has no `prompt` column; it has {data.column_names}")
+    if args.domains:
+        if args.domain_field not in data.column_names:
+            raise ValueError(f"domains: the dataset has no {args.domain_field!r} column to filter on")
+        keep = set(args.domains)
+        data = data.filter(lambda v: v in keep, input_columns=args.domain_field, desc="keep domains")
+        if len(data) == 0:
+            raise ValueError(f"no rows with {args.domain_field} in {sorted(keep)}")
+    if "target_sids" in data.column_names:
+        before = len(data)
+        data = data.filter(lambda v: bool(v), input_columns="target_sids", desc="keep rows with target SIDs")
+        dropped = before - len(data)
+        if dropped:
+            logger.info(
+                "RL rows: dropped %d of %d rows without target_sids (no item to reward)", dropped, before
+            )
+    if len(data) == 0:
+        raise ValueError("no RL rows left: the dataset has no rows with target_sids")
+    # TRL renders the prompt itself; the reference answer must not reach it as a column named like its output.
+    return data.remove_columns([c for c in ("completion",) if c in data.column_names])
+
+
+def build_trie(index, tokenizer):
+    from onereason.trie import SIDTrie
+
+    return SIDTrie.from_index(index, tokenizer)
+
+
+def rewards_for(args: RLArguments, index, tokenizer):
+    """(`reward_funcs`, `reward_weights`) bound to the item index and tokenizer."""
+    return build_rewards(args.rewards, RewardContext(item_index=index, tokenizer=tokenizer))
+
+
+def trainer_extras(args: RLArguments, index, tokenizer) -> dict:
+    """Keyword arguments of the constrained trainers taken from the recipe."""
+    from onereason.rl.rollout import sid_token_length
+
+    return {
+        "think_budget": args.think_budget,
+        "num_sids": args.num_sids,
+        "decoding": args.decoding,
+        "max_sid_tokens": args.max_sid_tokens or sid_token_length(index, tokenizer),
+    }

@@ -1,0 +1,110 @@
+"""Stage `ppo`: PPO (value head, GAE, clipped losses) on the constrained two-stage rollouts.
+
+    python -m onereason.train --config recipes/tiny/ppo.yaml
+
+Same rows, rollouts and reward registry as `grpo`; `ppo_epochs` is TRL's `num_iterations`
+and the KL penalty to a reference model is TRL's `beta`. The value head is trained with
+the policy and saved beside the model as `value_head.pt` (the model folder itself stays a
+plain causal LM that the next stage and `onereason eval` load as usual).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from trl import GRPOConfig, ModelConfig
+
+from onereason.rl.arguments import RLArguments, build_trie, rewards_for, rl_rows, trainer_extras
+from onereason.stages.common import (
+    DataArguments,
+    check_itemic_tokens,
+    finish_run,
+    load_policy,
+    load_task_dataset,
+    resolve_item_index,
+    resume_checkpoint,
+)
+
+VALUE_HEAD_FILE = "value_head.pt"
+
+
+@dataclass
+class PPOArguments:
+    """The critic's fields (the policy side is TRL's GRPOConfig: epsilon, beta, num_iterations, …)."""
+
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount."})
+    lam: float = field(default=0.95, metadata={"help": "GAE trace decay (lambda)."})
+    vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss."})
+    cliprange_value: float = field(
+        default=0.2, metadata={"help": "Value clipping range around the rollout's values."}
+    )
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Normalise advantages over scored tokens."}
+    )
+
+
+@dataclass
+class OneReasonPPOConfig(GRPOConfig):
+    """TRL's `GRPOConfig` fields drive the policy side of PPO (rollouts, clipping, epochs, KL)."""
+
+
+CONFIG_CLASSES = (ModelConfig, DataArguments, RLArguments, PPOArguments, OneReasonPPOConfig)
+
+
+def run(
+    model_args: ModelConfig,
+    data_args: DataArguments,
+    rl_args: RLArguments,
+    ppo_args: PPOArguments,
+    training_args: OneReasonPPOConfig,
+):
+    from onereason.rl.ppo_trainer import VALUE_HEAD_ATTR, ConstrainedPPOTrainer
+
+    train = rl_rows(load_task_dataset(data_args, "train", seed=training_args.seed), rl_args)
+    model, tokenizer = load_policy(model_args, training_args)
+    index = resolve_item_index(data_args, model_args.model_name_or_path)
+    check_itemic_tokens(tokenizer, index)
+    reward_funcs, weights = rewards_for(rl_args, index, tokenizer)
+    training_args.reward_weights = weights
+    trainer = ConstrainedPPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        trie=build_trie(index, tokenizer),
+        gamma=ppo_args.gamma,
+        lam=ppo_args.lam,
+        vf_coef=ppo_args.vf_coef,
+        cliprange_value=ppo_args.cliprange_value,
+        whiten_advantages=ppo_args.whiten_advantages,
+        **trainer_extras(rl_args, index, tokenizer),
+    )
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    # Keep the model folder a plain causal LM: the critic is saved on its own.
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    head = getattr(base, VALUE_HEAD_ATTR)
+    delattr(base, VALUE_HEAD_ATTR)
+    record = {
+        "stage": "ppo",
+        "model": model_args.model_name_or_path,
+        "dataset": data_args.dataset_path,
+        "domains": rl_args.domains,
+        "rewards": [r if isinstance(r, str) else dict(r) for r in rl_args.rewards],
+        "train_rows": len(train),
+        "learning_rate": training_args.learning_rate,
+        "max_steps": training_args.max_steps,
+        "gamma": ppo_args.gamma,
+        "lam": ppo_args.lam,
+        "vf_coef": ppo_args.vf_coef,
+    }
+    finish_run(trainer, tokenizer, index, training_args.output_dir, record=record)
+    if trainer.is_world_process_zero():
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(training_args.output_dir) / f".{VALUE_HEAD_FILE}.tmp"
+        torch.save(head.state_dict(), tmp)
+        tmp.replace(Path(training_args.output_dir) / VALUE_HEAD_FILE)
+    return trainer
