@@ -125,3 +125,27 @@ def test_sft_with_lora_saves_merged_weights_and_the_adapter(world, tmp_path):
     assert moved and all("proj" in k for k in moved), moved
     history = json.loads((out / HISTORY_FILE).read_text())
     assert history[-1]["use_peft"] is True
+
+
+def test_padding_free_batches_give_the_padded_logits(world):
+    """The recipes train padding-free: rows are concatenated and only `position_ids` separate
+    them, so SDPA attention must not leak across rows. transformers builds that block mask only
+    without a KV cache, which training turns off (`use_cache=False`)."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = AutoModelForCausalLM.from_pretrained(world["itemic"]).eval()
+    rows = [list(range(5, 40)), list(range(50, 62)), list(range(100, 180))]
+    examples = [{"input_ids": r, "completion_mask": [1] * len(r)} for r in rows]
+    flat = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)(examples)
+    assert "attention_mask" not in flat and flat["input_ids"].shape[0] == 1
+    with torch.no_grad():
+        flat_logits = model(
+            input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False
+        ).logits[0]
+        padded_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    start = 0
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(flat_logits[start : start + len(row)], padded_logits[i, : len(row)])
+        start += len(row)

@@ -1,0 +1,521 @@
+"""Top-K items per user by trie-constrained beam search, in either thinking mode.
+
+Both modes share the prompt (the task's chat, its switch set by `switch_mode`) and the beam
+budget; they differ only in what comes before the SIDs:
+
+- **no_think**: prompt + `<think>\\n\\n</think>\\n\\n` (forced; the model never chooses its mode),
+  then beam search under the SID trie;
+- **think**: prompt + `<think>\\n` (forced), then the trace is *sampled* with its own
+  temperature / top-p / top-k until `</think>` or `think_budget` tokens (an unfinished trace
+  is closed with a forced `\\n</think>\\n\\n`), then the same constrained beam search.
+  With `think_samples = S > 1` (test-time scaling) S traces are sampled per user and the
+  beams of all S searches are merged: `merge="mean_prob"` scores a SID by its probability
+  averaged over the traces (a Monte-Carlo estimate of p(SID | prompt) with the trace
+  marginalised out; a SID missing from a trace's beams counts 0 there), `merge="max"` by its
+  best log-probability.
+
+SID answers are decoded by `onereason.sid_beam.constrained_beam_search`, which encodes each
+head (prompt, or prompt + think block) once and copies its KV cache to the beams, instead
+of `generate(num_beams=K)`, which encodes every head K times. Beam scores are the model's
+summed log-probabilities of the SID tokens and EOS (every SID has the same length): the
+trie removes continuations without renormalising, exactly as transformers' beam search
+with the trie logits processor and `length_penalty=0` does, so a score is
+log p(SID | context) under the model itself, which is also what the test-time-scaling
+merge needs. If the catalogue has fewer SIDs than beams, the missing beams are skipped. The returned list is the beams in score order, parsed back to SIDs token by token
+(`index.parse` on the joined token strings, so decoding's spacing rules never matter). A
+beam that is not exactly one catalogue SID is *invalid*: counted in `n_valid`, left out of
+the ranking. With the trie every beam is valid by construction; the count guards a broken
+trie or tokenizer.
+
+`answer="term"` (Term-ID models) decodes free text with the same beams, reads
+`[term, term, …]` from each beam and grounds it to catalogue items with
+`data_builders.identifiers.grounding.ElasticGrounder`; beams contribute their grounded
+items in beam order.
+
+Latency: users are generated in batches, so a user's latency is its batch's wall time
+divided by the batch size (use `batch_size=1` for true per-request latency).
+
+Runs are written per shard (`<run>.shards/shard-NNNNN.jsonl`, each atomically), so an
+interrupted evaluation restarts where it stopped; a manifest fingerprints the model, mode,
+decoding settings and example keys, and a shard folder from a different setup is refused
+rather than silently mixed in. Under `accelerate launch` each process takes every
+n-th shard and all processes read the merged run at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig
+
+from evaluation.protocols import EvalExample
+from onereason.io import atomic_write_json, atomic_write_text
+from onereason.sid_beam import constrained_beam_search
+from onereason.thinking import EMPTY_THINK, THINK_CLOSE, THINK_OPEN, switch_mode
+
+logger = logging.getLogger(__name__)
+
+MERGES = ("mean_prob", "max")
+ANSWERS = ("sid", "term")
+_TERMS_RE = re.compile(r"\[([^\[\]]+)\]")
+
+
+@dataclass
+class DecodingConfig:
+    """Decoding settings shared by both modes (only the `think_*` ones are thinking-only)."""
+
+    num_beams: int = 20
+    batch_size: int = 8
+    think_budget: int = 256
+    think_temperature: float = 0.6
+    think_top_p: float = 0.95
+    think_top_k: int = 20
+    think_samples: int = 1
+    merge: str = "mean_prob"
+    answer: str = "sid"
+    max_answer_tokens: int = 48  # Term-ID answers only; SID answers use the SID length + EOS
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_beams < 1 or self.batch_size < 1 or self.think_samples < 1:
+            raise ValueError("num_beams, batch_size and think_samples must be >= 1")
+        if self.think_budget < 1:
+            raise ValueError(f"think_budget must be >= 1, got {self.think_budget}")
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
+        if self.answer not in ANSWERS:
+            raise ValueError(f"answer must be one of {ANSWERS}, got {self.answer!r}")
+
+
+def check_index_matches_tokenizer(index, tokenizer, source: str = "tokenizer") -> None:
+    """Fail early, naming tokens, when the tokenizer cannot write the index's SIDs as single tokens."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in index.itemic_tokens() if t not in vocab]
+    if missing:
+        raise ValueError(
+            f"the item index does not match the {source}: {len(missing)} of its "
+            f"{len(index.itemic_tokens())} itemic tokens are not in the vocabulary (e.g. {missing[:5]}); "
+            "evaluate with the index the model was trained with"
+        )
+    first = index.item_ids[0]
+    ids = tokenizer(index.sid_text(first), add_special_tokens=False)["input_ids"]
+    if "".join(tokenizer.convert_ids_to_tokens(ids)) != index.sid_text(first):
+        raise ValueError(f"the {source} splits SID {index.sid_text(first)!r} into unexpected pieces")
+
+
+def sid_token_length(index, tokenizer, sample: int = 256) -> int:
+    items = index.item_ids[:sample]
+    return max(len(tokenizer(index.sid_text(i), add_special_tokens=False)["input_ids"]) for i in items)
+
+
+def parse_terms(text: str) -> list[str] | None:
+    """The Term ID of a Term-ID answer (`[term, term, …]`), or None."""
+    match = _TERMS_RE.search(text)
+    if not match:
+        return None
+    terms = [t.strip() for t in match.group(1).split(",") if t.strip()]
+    return terms or None
+
+
+class BeamRanker:
+    """Ranks catalogue items for chat prompts with one model, tokenizer and item index."""
+
+    def __init__(self, model, tokenizer, index, cfg: DecodingConfig, trie=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.index = index
+        self.cfg = cfg
+        check_index_matches_tokenizer(index, tokenizer)
+        if cfg.answer == "sid" and trie is None:
+            from onereason.trie import SIDTrie
+
+            trie = SIDTrie.from_index(index, tokenizer)
+        self.trie = trie
+        self.grounder = self._grounder() if cfg.answer == "term" else None
+        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        self.encode = encode
+        self.think_close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
+        if self.think_close_id is None or self.think_close_id not in tokenizer.get_vocab().values():
+            raise ValueError(
+                f"the tokenizer has no {THINK_CLOSE} token: thinking evaluation needs Qwen3-style think tokens"
+            )
+        self.open_ids = encode(THINK_OPEN + "\n")
+        self.sep_ids = encode("\n\n")
+        self.forced_close_ids = encode("\n") + [self.think_close_id] + self.sep_ids
+        self.empty_think_ids = encode(EMPTY_THINK)
+        eos = model.generation_config.eos_token_id
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        if tokenizer.eos_token_id not in self.eos_ids:
+            self.eos_ids.insert(0, tokenizer.eos_token_id)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.sid_len = sid_token_length(index, tokenizer)
+
+    def _grounder(self):
+        from data_builders.identifiers.grounding import ElasticGrounder
+
+        if self.index.term_ids is None:
+            raise ValueError("answer='term' needs an item index with Term IDs (build-ids with terms enabled)")
+        return ElasticGrounder(self.index.item_ids, [self.index.terms(i) for i in self.index.item_ids])
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt_ids(self, messages: list[dict], mode: str) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            switch_mode(messages, mode), add_generation_prompt=True, tokenize=False
+        )
+        return self.encode(text)
+
+    # ------------------------------------------------------------------ generation
+
+    def _generate(self, heads: list[list[int]], config: GenerationConfig, constrained: bool):
+        """Left-padded batch generation: (new tokens per returned sequence, sequence scores or None)."""
+        device = next(self.model.parameters()).device
+        width = max(len(h) for h in heads)
+        input_ids = torch.full((len(heads), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(heads), width), dtype=torch.long)
+        for i, h in enumerate(heads):
+            input_ids[i, width - len(h) :] = torch.tensor(h, dtype=torch.long)
+            attention[i, width - len(h) :] = 1
+        if constrained:
+            sequences, scores = constrained_beam_search(
+                self.model,
+                input_ids.to(device),
+                attention.to(device),
+                self.trie,
+                num_beams=config.num_beams,
+                num_sids=1,
+                pad_token_id=self.pad_id,
+            )
+            return sequences.flatten(0, 1).tolist(), scores.flatten().tolist()
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            generation_config=config,
+        )
+        scores = getattr(out, "sequences_scores", None)
+        new = [row.tolist() for row in out.sequences[:, width:].cpu()]
+        return new, (scores.float().cpu().tolist() if scores is not None else None)
+
+    def _think(self, prompts: list[list[int]]) -> list[list[tuple[list[int], int, bool, str]]]:
+        """Per prompt, `think_samples` × (think ids through the forced `\\n\\n`, sampled tokens, budget hit, trace)."""
+        cfg = self.cfg
+        config = GenerationConfig(
+            do_sample=True,
+            temperature=cfg.think_temperature,
+            top_p=cfg.think_top_p,
+            top_k=cfg.think_top_k,
+            max_new_tokens=cfg.think_budget,
+            num_return_sequences=cfg.think_samples,
+            eos_token_id=[self.think_close_id, *self.eos_ids],
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+        )
+        new, _ = self._generate([p + self.open_ids for p in prompts], config, constrained=False)
+        out = []
+        for i in range(len(prompts)):
+            samples = []
+            for sample in new[i * cfg.think_samples : (i + 1) * cfg.think_samples]:
+                # `sample` is right-padded to the longest sample of the batch: cut at `</think>` or EOS
+                stop = next(
+                    (j for j, t in enumerate(sample) if t in self.eos_ids or t == self.think_close_id), None
+                )
+                if stop is not None and sample[stop] == self.think_close_id:
+                    trace_ids, ids, n_sampled, exhausted = (
+                        sample[:stop],
+                        sample[: stop + 1] + self.sep_ids,
+                        stop + 1,
+                        False,
+                    )
+                else:
+                    # budget spent (or the turn ended early: that EOS is dropped, the answer must follow)
+                    trace_ids = sample[:stop]
+                    ids, n_sampled, exhausted = (
+                        trace_ids + self.forced_close_ids,
+                        len(trace_ids),
+                        stop is None,
+                    )
+                trace = self.tokenizer.decode(trace_ids, skip_special_tokens=True).strip()
+                samples.append((self.open_ids + ids, n_sampled, exhausted, trace))
+            out.append(samples)
+        return out
+
+    def _answer_config(self) -> GenerationConfig:
+        cfg = self.cfg
+        max_new = self.sid_len + 1 if cfg.answer == "sid" else cfg.max_answer_tokens
+        return GenerationConfig(
+            do_sample=False,
+            num_beams=cfg.num_beams,
+            num_return_sequences=cfg.num_beams,
+            length_penalty=0.0,
+            early_stopping=True,
+            max_new_tokens=max_new,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+
+    def _tokens_text(self, ids: list[int]) -> str:
+        kept = []
+        for t in ids:
+            if t in self.eos_ids or t == self.pad_id:
+                break
+            kept.append(t)
+        if self.cfg.answer == "term":
+            return self.tokenizer.decode(kept, skip_special_tokens=True)
+        return "".join(self.tokenizer.convert_ids_to_tokens(kept))
+
+    @torch.no_grad()
+    def rank(self, examples: Sequence[EvalExample], mode: str) -> list[dict]:
+        """Run records (see evaluation.metrics) for `examples` in `mode`, batch by batch."""
+        out: list[dict] = []
+        for start in range(0, len(examples), self.cfg.batch_size):
+            out += self._rank_batch(examples[start : start + self.cfg.batch_size], mode)
+        return out
+
+    def _rank_batch(self, batch: Sequence[EvalExample], mode: str) -> list[dict]:
+        cfg = self.cfg
+        began = time.perf_counter()
+        prompts = [self.prompt_ids(ex.messages, mode) for ex in batch]
+        if mode == "think":
+            thinks = self._think(prompts)
+        elif mode == "no_think":
+            thinks = [[(list(self.empty_think_ids), 0, False, "")] for _ in prompts]
+        else:
+            raise ValueError(f"mode must be 'think' or 'no_think', got {mode!r}")
+        heads = [p + t[0] for p, samples in zip(prompts, thinks) for t in samples]
+        new, scores = self._generate(heads, self._answer_config(), constrained=cfg.answer == "sid")
+        per_head = cfg.num_beams
+        latency = (time.perf_counter() - began) / len(batch)
+        records = []
+        head = 0
+        for ex, samples in zip(batch, thinks):
+            beams: list[tuple[int, str, float]] = []  # (sample, text, log-prob)
+            for s in range(len(samples)):
+                for b in range(per_head):
+                    row = head * per_head + b
+                    if scores and scores[row] == -math.inf:
+                        continue  # the trie had fewer SIDs than beams: a padding beam
+                    beams.append((s, self._tokens_text(new[row]), scores[row] if scores else 0.0))
+                head += 1
+            records.append(self._record(ex, mode, samples, beams, latency))
+        return records
+
+    # ------------------------------------------------------------------ beams -> ranking
+
+    def _record(self, ex: EvalExample, mode: str, samples, beams, latency: float) -> dict:
+        if self.cfg.answer == "term":
+            ranked_items, n_valid = self._ground(beams)
+            ranked_sids = list(dict.fromkeys(self.index.sid_text(i) for i in ranked_items))
+            scores: list[float] = []
+        else:
+            ranked_sids, scores, n_valid = self._merge(beams, len(samples))
+            ranked_items = [
+                item for sid in ranked_sids for item in self.index.items_for_sid(self.index.parse(sid)[0])
+            ]
+        return {
+            "key": ex.key,
+            "user_id": ex.user_id,
+            "mode": mode,
+            "targets": list(ex.targets),
+            "target_sids": list(dict.fromkeys(self.index.sid_text(t) for t in ex.targets if t in self.index)),
+            "ranked_sids": ranked_sids,
+            "ranked_items": ranked_items,
+            "scores": scores,
+            "n_beams": len(beams),
+            "n_valid": n_valid,
+            "think_tokens": sum(s[1] for s in samples) / len(samples),
+            "think_budget_exhausted": any(s[2] for s in samples),
+            "think": [s[3] for s in samples] if mode == "think" else [],
+            "latency_s": latency,
+        }
+
+    def _merge(self, beams, n_samples: int) -> tuple[list[str], list[float], int]:
+        """Valid beams -> SIDs by merged score (see the module doc), best first."""
+        per_sid: dict[str, list[float]] = {}
+        n_valid = 0
+        for _, text, score in beams:
+            sids = self.index.parse(text)
+            if len(sids) != 1 or self.index.render(sids[0]) != text:
+                continue
+            n_valid += 1
+            per_sid.setdefault(text, []).append(score)
+        merged = {}
+        for sid, sc in per_sid.items():
+            if self.cfg.merge == "max" or n_samples == 1:
+                merged[sid] = max(sc)
+            else:
+                top = max(sc)
+                merged[sid] = top + math.log(sum(math.exp(s - top) for s in sc)) - math.log(n_samples)
+        order = sorted(merged, key=lambda s: -merged[s])  # stable: ties keep beam order
+        return order[: self.cfg.num_beams], [merged[s] for s in order[: self.cfg.num_beams]], n_valid
+
+    def _ground(self, beams) -> tuple[list[str], int]:
+        queries = [(text, parse_terms(text)) for _, text, _ in beams]
+        parsed = [q for _, q in queries if q]
+        grounded = iter(self.grounder.ground_many(parsed, k=self.cfg.num_beams) if parsed else [])
+        ranked: dict[str, None] = {}
+        n_valid = 0
+        for _, terms in queries:
+            if not terms:
+                continue
+            items = next(grounded)
+            n_valid += bool(items)
+            for g in items:
+                ranked.setdefault(g.item_id, None)
+        return list(ranked), n_valid
+
+
+# ---------------------------------------------------------------------- shards and resume
+
+
+def run_fingerprint(model_path: str, mode: str, cfg: DecodingConfig, examples: Sequence[EvalExample]) -> str:
+    payload = json.dumps(
+        {"model": str(model_path), "mode": mode, "decoding": asdict(cfg), "keys": [e.key for e in examples]},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _jsonl(records: Sequence[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def generate_run(
+    ranker: BeamRanker,
+    examples: Sequence[EvalExample],
+    mode: str,
+    run_path: str | Path | None = None,
+    shard_size: int = 256,
+    model_path: str = "",
+    progress: bool = True,
+) -> tuple[list[dict], float]:
+    """(run records in example order, generation wall seconds of this call) — resumable when `run_path` is given."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    state = PartialState()
+    shards = [list(examples[i : i + shard_size]) for i in range(0, len(examples), shard_size)]
+    shard_dir = None
+    if run_path is not None:
+        shard_dir = Path(f"{run_path}.shards")
+        fingerprint = run_fingerprint(model_path, mode, ranker.cfg, examples)
+        manifest = shard_dir / "manifest.json"
+        if manifest.exists():
+            found = json.loads(manifest.read_text()).get("fingerprint")
+            if found != fingerprint:
+                raise ValueError(
+                    f"{shard_dir} holds shards of a different evaluation (fingerprint {found}, this one "
+                    f"{fingerprint}: model, mode, decoding or examples changed); delete it or use another out_dir"
+                )
+        elif state.is_main_process:
+            atomic_write_json(
+                manifest, {"fingerprint": fingerprint, "n_examples": len(examples), "shard_size": shard_size}
+            )
+        state.wait_for_everyone()
+    mine = [i for i in range(len(shards)) if i % state.num_processes == state.process_index]
+    todo = [i for i in mine if shard_dir is None or not (shard_dir / f"shard-{i:05d}.jsonl").exists()]
+    if shard_dir is not None and len(todo) < len(mine):
+        logger.info("%s: %d of %d shards already done, resuming", run_path, len(mine) - len(todo), len(mine))
+    results: dict[int, list[dict]] = {}
+    began = time.perf_counter()
+    bar = tqdm(
+        total=sum(len(shards[i]) for i in todo),
+        desc=f"{mode}",
+        unit="user",
+        disable=not progress or not state.is_main_process,
+    )
+    for i in todo:
+        torch.manual_seed(ranker.cfg.seed + i)  # a resumed shard samples the same traces
+        records = ranker.rank(shards[i], mode)
+        if shard_dir is not None:
+            atomic_write_text(shard_dir / f"shard-{i:05d}.jsonl", _jsonl(records))
+        results[i] = records
+        bar.update(len(records))
+    bar.close()
+    wall = time.perf_counter() - began
+    if shard_dir is None:
+        if state.num_processes > 1:
+            raise ValueError("multi-process evaluation needs a run_path (shards are exchanged through files)")
+        return [r for i in sorted(results) for r in results[i]], wall
+    state.wait_for_everyone()
+    run = []
+    for i in range(len(shards)):
+        records = results.get(i) or read_jsonl(shard_dir / f"shard-{i:05d}.jsonl")
+        if [r["key"] for r in records] != [e.key for e in shards[i]]:
+            raise ValueError(
+                f"{shard_dir}/shard-{i:05d}.jsonl does not hold the expected users; delete the folder"
+            )
+        run += records
+    if state.is_main_process:
+        atomic_write_text(run_path, _jsonl(run))
+    return run, wall
+
+
+# ---------------------------------------------------------------------- one call per checkpoint
+
+
+def load_item_index(model_path: str | Path, explicit: str | Path | None = None):
+    """The item index of a checkpoint: `explicit` if given, else `<model>/item_index.json`."""
+    from onereason.item_index import ItemIndex
+
+    path = Path(explicit) if explicit else Path(model_path) / "item_index.json"
+    if not path.exists():
+        where = f"{path}" if explicit else f"{model_path} has no item_index.json"
+        raise FileNotFoundError(
+            f"item index not found: {where}. A recommender checkpoint needs the index it was trained "
+            "with; pass item_index=PATH (an onereason item_index.json or a published LC-Rec/MiniOneRec .index.json)"
+        )
+    if path.suffix == ".json" and path.name.endswith(".index.json"):
+        return ItemIndex.from_published_json(path)
+    return ItemIndex.load(path)
+
+
+def evaluate_checkpoint(
+    model_path: str | Path,
+    examples: Sequence[EvalExample],
+    index,
+    mode: str,
+    cfg: DecodingConfig | None = None,
+    run_path: str | Path | None = None,
+    shard_size: int = 256,
+    device: str | None = None,
+    dtype: str = "auto",
+    progress: bool = True,
+    model_and_tokenizer=None,
+) -> tuple[list[dict], float]:
+    """(run records, generation wall seconds) of one checkpoint in one mode.
+
+    `index` may be None (read from the checkpoint). Pass `model_and_tokenizer` to reuse a
+    loaded model across modes.
+    """
+    from accelerate import PartialState
+
+    from onereason.modeling import load_model_and_tokenizer
+
+    cfg = cfg or DecodingConfig()
+    if index is None:
+        index = load_item_index(model_path)
+    if model_and_tokenizer is None:
+        device = device or str(PartialState().device)
+        model_and_tokenizer = load_model_and_tokenizer(model_path, dtype=dtype, device=device)
+    model, tokenizer = model_and_tokenizer
+    model.eval()
+    check_index_matches_tokenizer(index, tokenizer, f"tokenizer of {model_path}")
+    ranker = BeamRanker(model, tokenizer, index, cfg)
+    return generate_run(ranker, examples, mode, run_path, shard_size, str(model_path), progress)
