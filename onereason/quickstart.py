@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,17 +137,25 @@ def steps(out: Path, recipes: Path) -> list[tuple[str, str, list[str]]]:
             [
                 "--config",
                 f"{r}/eval.yaml",
-                "--checkpoints",
-                f"{out}/models/sft,{out}/models/grpo",
-                "--dataset_path",
+                "--models",
+                f"{out}/models/sft",
+                f"{out}/models/grpo",
+                "--data_path",
                 f"{out}/tasks",
-                "--data_dir",
-                f"{out}/data",
-                "--output_dir",
+                "--train_split",
+                f"{out}/data/splits/train.parquet",
+                "--out_dir",
                 str(out),
-            ],
+            ],  # fmt: skip
         ),
     ]
+
+
+def step_output(argv: list[str]) -> Path | None:
+    for flag in ("--output_dir", "--out_dir"):
+        if flag in argv:
+            return Path(argv[argv.index(flag) + 1])
+    return None
 
 
 def run_step(command: str, argv: list[str]) -> None:
@@ -175,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         if marker.exists() and not config.fresh:
             print(f"[{i}/{len(plan)}] {name}: done already, skipped ({marker.name})", flush=True)
             continue
+        output = step_output(step_argv)
+        if config.fresh and output is not None and output.is_dir() and output.resolve() != out.resolve():
+            shutil.rmtree(output)  # a stage resumes from its own checkpoints; fresh means from zero
         print(f"\n[{i}/{len(plan)}] {name}: onereason {command} {' '.join(step_argv)}", flush=True)
         t0 = time.perf_counter()
         run_step(command, step_argv)
