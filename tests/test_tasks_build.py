@@ -258,3 +258,44 @@ def test_garbage_teacher_is_rejected_counted_and_replaced(synthetic_build, make_
     assert stats["trace_sources"] == {"deterministic": sum(m["checked"] for m in stats["leakage"].values())}
     assert stats["token_lengths"]["rec_sid"]["p50"] > 20
     assert f"Teacher traces: 0 of {requested} accepted" in (out / "README.md").read_text()
+
+
+def test_deterministic_traces_never_leak_on_scientific(tmp_path):
+    """Real titles, brands and Term IDs: every test-split trace is free of its target's SID, title, term."""
+    from collections import Counter
+
+    from conftest import shared_data
+
+    from data_builders.identifiers.term_ids import extractive_term_ids
+    from data_builders.tasks.build import read_rows
+    from data_builders.tasks.catalog import build_catalog
+    from data_builders.tasks.cot import DeterministicCot
+    from data_builders.tasks.leakage import find_leaks
+
+    folder = shared_data("amazon-scientific")
+    config = BuildDataConfig(
+        source="lcrec",
+        source_options={"path": str(folder), "name": "Scientific"},
+        out_dir=str(tmp_path / "data"),
+        max_history=20,
+        progress=False,
+    )
+    build_data(config)
+    items = pq.read_table(tmp_path / "data" / "items.parquet")
+    terms = extractive_term_ids(items, None).terms
+    published = ItemIndex.from_published_json(folder / "Scientific.rkmeans_zcr.index.json")
+    codes = dict(zip(published.item_ids, published.codes.tolist()))
+    ids = items.column("item_id").to_pylist()
+    index = ItemIndex(ids, [codes[i] for i in ids], terms, published.sid_format)
+    catalog = build_catalog(items, index)
+    drops = Counter()
+    rows = read_rows(tmp_path / "data" / "splits" / "test.parquet", "test", catalog, 20, 1, drops)
+    assert len(rows) == 8317 and not drops
+    cot = DeterministicCot(catalog)
+    leaks = Counter()
+    for row in rows:
+        for kind in find_leaks(
+            cot.build(row.history, row.timestamps, row.targets).text, catalog, row.targets
+        ):
+            leaks[kind] += 1
+    assert leaks == Counter()

@@ -42,7 +42,8 @@ STOPWORDS = frozenset(
     """a an the and or of for to in on with by from at as is are be this that these those it its
     into per your our you we they their them than then so such not no nor can will may
     all any each other more most very also only just about over under up down out off
-    new inch inches count pack piece pcs pc set x lb oz mm cm ft in n a""".split()
+    new inch inches count pack piece pcs pc set x lb oz mm cm ft in n a
+    one two three four five six seven eight nine ten""".split()
 )
 # Words that say who an item is for -> the audience term (checked in this order).
 AUDIENCE_LEXICON: dict[str, tuple[str, ...]] = {
