@@ -150,3 +150,20 @@ def test_rqvae_trains_reconstructs_and_resolves():
         .encode(x)
     )
     np.testing.assert_array_equal(codes, again)
+
+
+def test_rqvae_keeps_its_codebooks_alive_on_sentence_embedding_like_inputs():
+    """Unit vectors sharing one dominant direction (as sentence embeddings do) used to collapse
+    the first level onto a single code: 15 distinct SIDs for 2,000 items."""
+    rng = np.random.default_rng(1)
+    shared = rng.normal(size=128)
+    spread = rng.normal(size=(2000, 128))
+    x = shared / np.linalg.norm(shared) + 0.5 * spread / np.linalg.norm(spread, axis=1, keepdims=True)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    vae = RQVAE(
+        levels=2, codebook_size=32, latent_dim=16, hidden=[64], epochs=40, batch_size=256, seed=0
+    ).fit(x)
+    codes = vae.encode(x)
+    assert [len(np.unique(codes[:, level])) for level in range(2)] == [32, 32]
+    kmeans_sids = len(np.unique(ResidualKMeans(levels=2, codebook_size=32, seed=0).fit(x).encode(x), axis=0))
+    assert len(np.unique(codes, axis=0)) >= 0.9 * kmeans_sids  # as spread out as residual k-means

@@ -59,6 +59,25 @@ class RQVAEModel(nn.Module):
             codes.append(idx)
         return quantized, torch.stack(codes, dim=1), torch.stack([cb_loss, commit_loss]), last_input
 
+    @torch.no_grad()
+    def restart_dead_codes(self, x: torch.Tensor, gen: torch.Generator) -> int:
+        """Move every code that no row of `x` uses onto a random residual of `x` at its level.
+
+        A code that loses all its items gets no gradient again, so without this a codebook
+        shrinks to a handful of live codes and most items collide (Jukebox, SoundStream do the same).
+        """
+        residual = self.encoder(x)
+        restarted = 0
+        for codebook in self.codebooks:
+            idx = torch.cdist(residual, codebook).argmin(dim=1)
+            dead = (torch.bincount(idx, minlength=len(codebook)) == 0).nonzero().squeeze(1)
+            if len(dead):
+                codebook[dead] = residual[torch.randint(len(residual), (len(dead),), generator=gen)]
+                idx = torch.cdist(residual, codebook).argmin(dim=1)
+                restarted += len(dead)
+            residual = residual - codebook[idx]
+        return restarted
+
     def forward(self, x: torch.Tensor):
         z = self.encoder(x)
         quantized, codes, losses, _ = self.quantize(z)
@@ -78,14 +97,27 @@ class RQVAE:
     batch_size: int = 1024
     lr: float = 1e-3
     beta: float = 0.25
+    restart_sample: int = 65536  # rows checked for dead codes after every epoch
     seed: int = 0
     model: RQVAEModel | None = None
     history: list[dict] = field(default_factory=list)
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    def _standardize(self, x: np.ndarray) -> torch.Tensor:
+        """Per-dimension z-scores: sentence embeddings are unit vectors whose coordinates are
+        ~0.05, so unscaled latents start near zero and the codebooks collapse onto a few codes."""
+        return torch.from_numpy(
+            ((np.asarray(x, dtype=np.float32) - self.mean) / self.scale).astype(np.float32)
+        )
 
     def fit(self, x: np.ndarray) -> RQVAE:
         check_finite(x)
         torch.manual_seed(self.seed)
-        data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        x = np.asarray(x, dtype=np.float32)
+        self.mean = x.mean(axis=0)
+        self.scale = np.maximum(x.std(axis=0), 1e-6)
+        data = self._standardize(x)
         self.model = RQVAEModel(x.shape[1], self.hidden, self.latent_dim, self.levels, self.codebook_size)
         with torch.no_grad():  # k-means init of every codebook on the initial latents
             latents = self.model.encoder(data).numpy()
@@ -106,10 +138,16 @@ class RQVAE:
                 loss.backward()
                 opt.step()
                 totals += [rec.item() * len(batch), cb.item() * len(batch), commit.item() * len(batch)]
+            restarted = self.model.restart_dead_codes(data[perm[: self.restart_sample]], gen)
             if epoch == self.epochs - 1 or epoch % 50 == 0:
                 rec, cb, commit = (totals / len(data)).tolist()
-                self.history.append({"epoch": epoch, "recon": rec, "codebook": cb, "commit": commit})
-                logger.info("rqvae epoch %d: recon %.5f codebook %.5f commit %.5f", epoch, rec, cb, commit)
+                self.history.append(
+                    {"epoch": epoch, "recon": rec, "codebook": cb, "commit": commit, "restarted": restarted}
+                )
+                logger.info(
+                    "rqvae epoch %d: recon %.5f codebook %.5f commit %.5f, %d dead codes restarted",
+                    epoch, rec, cb, commit, restarted,
+                )  # fmt: skip
         return self
 
     @property
@@ -121,9 +159,7 @@ class RQVAE:
         check_finite(x)
         codes, last_inputs = [], []
         for start in range(0, len(x), batch):
-            z = self.model.encoder(
-                torch.from_numpy(np.ascontiguousarray(x[start : start + batch], dtype=np.float32))
-            )
+            z = self.model.encoder(self._standardize(x[start : start + batch]))
             _, c, _, last = self.model.quantize(z)
             codes.append(c.numpy())
             last_inputs.append(last.numpy())
