@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluation.baselines import cooccurrence_baseline, popularity_baseline  # noqa: E402
-from evaluation.generate import BeamRanker, DecodingConfig, generate_run  # noqa: E402
+from evaluation.generate import BeamRanker, DecodingConfig, generate_run, left_padded  # noqa: E402
 from evaluation.metrics import compute_metrics, generation_stats  # noqa: E402
 from evaluation.protocols import check_targets, examples_from_rows, leave_one_out_rows, read_inter_json  # noqa: E402
 
@@ -48,12 +48,8 @@ class HFGenerateRanker(BeamRanker):
     def _generate(self, heads, config, constrained):
         if not constrained:
             return super()._generate(heads, config, constrained)
-        width = max(len(h) for h in heads)
-        input_ids = torch.full((len(heads), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(heads), width), dtype=torch.long)
-        for i, h in enumerate(heads):
-            input_ids[i, width - len(h) :] = torch.tensor(h, dtype=torch.long)
-            attention[i, width - len(h) :] = 1
+        input_ids, attention = left_padded(heads, self.pad_id)
+        width = input_ids.shape[1]
         out = self.model.generate(
             input_ids=input_ids.to(self.model.device),
             attention_mask=attention.to(self.model.device),

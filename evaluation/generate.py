@@ -126,6 +126,17 @@ def parse_terms(text: str) -> list[str] | None:
     return terms or None
 
 
+def left_padded(heads: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids, attention_mask), padded on the left so every row ends where generation starts."""
+    width = max(len(h) for h in heads)
+    input_ids = torch.full((len(heads), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(heads), width), dtype=torch.long)
+    for i, h in enumerate(heads):
+        input_ids[i, width - len(h) :] = torch.tensor(h, dtype=torch.long)
+        attention[i, width - len(h) :] = 1
+    return input_ids, attention
+
+
 class BeamRanker:
     """Ranks catalogue items for chat prompts with one model, tokenizer and item index."""
 
@@ -180,12 +191,8 @@ class BeamRanker:
     def _generate(self, heads: list[list[int]], config: GenerationConfig, constrained: bool):
         """Left-padded batch generation: (new tokens per returned sequence, sequence scores or None)."""
         device = next(self.model.parameters()).device
-        width = max(len(h) for h in heads)
-        input_ids = torch.full((len(heads), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(heads), width), dtype=torch.long)
-        for i, h in enumerate(heads):
-            input_ids[i, width - len(h) :] = torch.tensor(h, dtype=torch.long)
-            attention[i, width - len(h) :] = 1
+        input_ids, attention = left_padded(heads, self.pad_id)
+        width = input_ids.shape[1]
         if constrained:
             sequences, scores = constrained_beam_search(
                 self.model,
