@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluation.baselines import cooccurrence_baseline, popularity_baseline  # noqa: E402
-from evaluation.generate import BeamRanker, DecodingConfig, generate_run, left_padded  # noqa: E402
+from evaluation.generate import BeamRanker, DecodingConfig, generate_run  # noqa: E402
 from evaluation.metrics import compute_metrics, generation_stats  # noqa: E402
 from evaluation.protocols import check_targets, examples_from_rows, leave_one_out_rows, read_inter_json  # noqa: E402
+from onereason.sid_beam import left_padded  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "amazon-scientific"
 CORPUS = [

@@ -59,7 +59,7 @@ from transformers import GenerationConfig
 
 from evaluation.protocols import EvalExample
 from onereason.io import atomic_write_json, atomic_write_text
-from onereason.sid_beam import constrained_beam_search
+from onereason.sid_beam import constrained_beam_search, left_padded
 from onereason.thinking import EMPTY_THINK, THINK_CLOSE, THINK_OPEN, switch_mode
 
 logger = logging.getLogger(__name__)
@@ -124,17 +124,6 @@ def parse_terms(text: str) -> list[str] | None:
         return None
     terms = [t.strip() for t in match.group(1).split(",") if t.strip()]
     return terms or None
-
-
-def left_padded(heads: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (input_ids, attention_mask), padded on the left so every row ends where generation starts."""
-    width = max(len(h) for h in heads)
-    input_ids = torch.full((len(heads), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(heads), width), dtype=torch.long)
-    for i, h in enumerate(heads):
-        input_ids[i, width - len(h) :] = torch.tensor(h, dtype=torch.long)
-        attention[i, width - len(h) :] = 1
-    return input_ids, attention
 
 
 class BeamRanker:

@@ -36,6 +36,17 @@ from transformers.cache_utils import DynamicLayer
 from onereason.trie import SIDTrie
 
 
+def left_padded(heads: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids, attention_mask), padded on the left so every row ends where generation starts."""
+    width = max(len(h) for h in heads)
+    input_ids = torch.full((len(heads), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(heads), width), dtype=torch.long)
+    for i, h in enumerate(heads):
+        input_ids[i, width - len(h) :] = torch.tensor(h, dtype=torch.long)
+        attention[i, width - len(h) :] = 1
+    return input_ids, attention
+
+
 class _BeamLayer(DynamicLayer):
     """A `DynamicLayer` for the beams of a prefilled prompt, with room for the answer tokens.
 

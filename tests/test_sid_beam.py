@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from onereason.sid_beam import constrained_beam_search
+from onereason.sid_beam import constrained_beam_search, left_padded
 from onereason.trie import SIDTrie, sid_token_sequences
 
 PROMPTS = [
@@ -41,15 +41,9 @@ def world(make_tiny_model):
     return model, tokenizer
 
 
-def left_padded(tokenizer, texts, pad: int):
+def tokenized_left_padded(tokenizer, texts, pad: int):
     heads = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(map(len, heads))
-    ids = torch.full((len(heads), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(heads), width), dtype=torch.long)
-    for i, h in enumerate(heads):
-        ids[i, width - len(h) :] = torch.tensor(h)
-        mask[i, width - len(h) :] = 1
-    return heads, ids, mask
+    return (heads, *left_padded(heads, pad))
 
 
 @torch.no_grad()
@@ -93,7 +87,7 @@ def test_beams_are_valid_distinct_sorted_and_padded(world):
     index = small_index(10)
     trie = SIDTrie.from_index(index, tokenizer)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    _, ids, mask = left_padded(tokenizer, PROMPTS, pad)
+    _, ids, mask = tokenized_left_padded(tokenizer, PROMPTS, pad)
     sequences, scores = constrained_beam_search(model, ids, mask, trie, num_beams=14, pad_token_id=pad)
     assert sequences.shape == (3, 14, trie.sid_length + 1) and scores.shape == (3, 14)
     valid = {tuple(s) + (eos,) for s in sid_token_sequences(index, tokenizer).tolist()}
@@ -116,7 +110,7 @@ def test_top_beams_equal_exhaustive_search_with_left_padding(world, n_items, num
     trie = SIDTrie.from_index(index, tokenizer)
     sids = sid_token_sequences(index, tokenizer)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    heads, ids, mask = left_padded(tokenizer, PROMPTS, pad)
+    heads, ids, mask = tokenized_left_padded(tokenizer, PROMPTS, pad)
     assert len({len(h) for h in heads}) == 3  # three different prompt lengths in one batch
     n_answers = sum(n_items**n for n in (range(1, num_sids + 1) if allow_fewer else [num_sids]))
     sequences, scores = constrained_beam_search(
@@ -143,7 +137,7 @@ def test_equals_transformers_beam_search_with_the_trie_processor(world, num_beam
     index = small_index(12, seed=3)
     trie = SIDTrie.from_index(index, tokenizer)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    _, ids, mask = left_padded(tokenizer, PROMPTS, pad)
+    _, ids, mask = tokenized_left_padded(tokenizer, PROMPTS, pad)
     sequences, scores = constrained_beam_search(model, ids, mask, trie, num_beams=num_beams, pad_token_id=pad)
     config = GenerationConfig(
         do_sample=False,
@@ -180,7 +174,7 @@ def test_the_buffered_beam_cache_equals_the_cache_s_own_reorder(world, monkeypat
     model, tokenizer = world
     trie = SIDTrie.from_index(small_index(12, seed=5), tokenizer)
     pad = tokenizer.pad_token_id
-    _, ids, mask = left_padded(tokenizer, PROMPTS, pad)
+    _, ids, mask = tokenized_left_padded(tokenizer, PROMPTS, pad)
     fast = constrained_beam_search(model, ids, mask, trie, num_beams=5, num_sids=2, pad_token_id=pad)
     monkeypatch.setattr(sid_beam, "_expand_cache", lambda cache, rows, *_: cache.reorder_cache(rows))
     plain = constrained_beam_search(model, ids, mask, trie, num_beams=5, num_sids=2, pad_token_id=pad)

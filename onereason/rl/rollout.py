@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig
 
+from onereason.sid_beam import left_padded
 from onereason.thinking import EMPTY_THINK, SWITCH, THINK_CLOSE, THINK_OPEN
 
 
@@ -209,12 +210,8 @@ class TwoStageGenerator:
     def _generate(self, model, heads: list[list[int]], config: GenerationConfig, constrained: bool = False):
         """Left-padded batch generation; returns the new tokens of each returned sequence."""
         device = next(model.parameters()).device
-        width = max(len(h) for h in heads)
-        input_ids = torch.full((len(heads), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(heads), width), dtype=torch.long)
-        for i, h in enumerate(heads):
-            input_ids[i, width - len(h) :] = torch.tensor(h)
-            attention_mask[i, width - len(h) :] = 1
+        input_ids, attention_mask = left_padded(heads, self.pad_id)
+        width = input_ids.shape[1]
         kwargs = {}
         if constrained:
             kwargs["logits_processor"] = [self.trie.logits_processor(width, num_sids=self.num_sids)]
