@@ -1,7 +1,8 @@
 """Semantic IDs and Term IDs: the figures issue 4 names.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_sids.py scientific [--max-length 128] [--threads 2]
+    OMP_NUM_THREADS=2 python benchmarks/bench_sids.py scientific [--max-length 64] [--threads 2]
     OMP_NUM_THREADS=2 python benchmarks/bench_sids.py million      # 1M random 384-d vectors
+    OMP_NUM_THREADS=2 python benchmarks/bench_sids.py lengths      # what 64 vs 128 encoder tokens cost
 
 The machine these figures come from is shared, so wall time and CPU time
 (time.process_time, summed over threads) are printed side by side.
@@ -11,6 +12,8 @@ resolution, wall time; collision rate before/after, per-level utilisation and en
 semantic coherence; the same figures for the published `rkmeans_zcr` and `rqvae_native`
 indexes (coherence measured with our embeddings); extractive Term IDs (legality, vocabulary,
 collisions before/after).
+`lengths`: SIDs from 64- and 128-token embeddings, both scored for coherence on the 128-token
+ones (so the yardstick is the same), with encode times: what the default cut costs.
 `million`: 1,000,000 random unit vectors -> 3 x 256 SIDs with resolution; wall time and
 peak RSS of the process.
 """
@@ -146,6 +149,34 @@ def term_ids_report(items: pa.Table, emb: np.ndarray) -> None:
         print(f"  {items.column('title')[i].as_py()[:60]!r:<64} -> {result.terms[i]}")
 
 
+def lengths(threads: int, batch_size: int) -> None:
+    if not DATA.exists():
+        sys.exit(f"real data not available: {DATA}")
+    texts = item_texts(scientific_items())
+    emb, seconds = {}, {}
+    for max_length in (64, 128):
+        t0 = time.perf_counter()
+        emb[max_length] = encode_texts(
+            texts.texts,
+            max_length=max_length,
+            batch_size=batch_size,
+            num_threads=threads,
+            show_progress=False,
+        )
+        seconds[max_length] = time.perf_counter() - t0
+    reference = emb[128]
+    for max_length, e in emb.items():
+        sids = build_semantic_ids(
+            e, BuildIdsConfig(levels=3, codebook_size=256, collision_strategy="min_cost"), texts.item_ids
+        )
+        coh = quality.sid_report(sids.codes, reference, [256] * sids.codes.shape[1])["coherence"]
+        print(
+            f"{max_length:>3} tokens: encode {seconds[max_length]:.1f} s, cosine to 128-token vectors "
+            f"{float((e * reference).sum(1).mean()):.3f}, coherence on 128-token vectors "
+            f"{coh['same_first_code_cosine']:.3f} / random {coh['random_pair_cosine']:.3f}"
+        )
+
+
 def million(n: int) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 384), dtype=np.float32)
@@ -166,14 +197,16 @@ def million(n: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["scientific", "million"])
+    parser.add_argument("what", choices=["scientific", "million", "lengths"])
     parser.add_argument("--n", type=int, default=1_000_000, help="million: number of vectors")
-    parser.add_argument("--max-length", type=int, default=128, help="scientific: encoder tokens per item")
+    parser.add_argument("--max-length", type=int, default=64, help="scientific: encoder tokens per item")
     parser.add_argument("--threads", type=int, default=2, help="scientific: torch threads while encoding")
-    parser.add_argument("--batch-size", type=int, default=64, help="scientific: encoder batch size")
+    parser.add_argument("--batch-size", type=int, default=16, help="scientific: encoder batch size")
     parser.add_argument("--no-extras", action="store_true", help="scientific: skip RQ-VAE and extra_level")
     args = parser.parse_args()
     if args.what == "scientific":
         scientific(args.max_length, args.threads, args.batch_size, not args.no_extras)
+    elif args.what == "lengths":
+        lengths(args.threads, args.batch_size)
     else:
         million(args.n)

@@ -66,9 +66,15 @@ class BuildIdsConfig:
         default=DEFAULT_TEMPLATE,
         metadata={"help": "Python format template over text_fields ('' joins the non-empty fields)"},
     )
-    encoder_batch_size: int = field(default=64, metadata={"help": "texts per encoder batch"})
+    encoder_batch_size: int = field(
+        default=16, metadata={"help": "texts per encoder batch (16 is fastest on CPU; raise on GPU)"}
+    )
     encoder_max_length: int = field(
-        default=128, metadata={"help": "tokens per item text (cost grows with it)"}
+        default=64,
+        metadata={
+            "help": "tokens per item text: title, brand, categories, then the description's start. "
+            "Cost grows linearly; on Scientific 128 tokens costs 2x the time of 64 for +0.008 coherence"
+        },
     )
     encoder_threads: int | None = field(
         default=None, metadata={"help": "torch threads while encoding (default: torch's own choice)"}

@@ -151,12 +151,12 @@ def check_finite(
 def encode_texts(
     texts: Sequence[str],
     model: str = DEFAULT_ENCODER,
-    batch_size: int = 64,
+    batch_size: int = 16,
     cache_dir: str | Path | None = None,
     device: str | None = None,
     normalize: bool = True,
     show_progress: bool = True,
-    max_length: int | None = 128,
+    max_length: int | None = 64,
     num_threads: int | None = None,
 ) -> np.ndarray:
     """Encode `texts` with a sentence-transformers model -> float32 array (n, d).
