@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from data_builders.tasks.catalog import build_catalog
 from data_builders.tasks.cot import DeterministicCot, classify_pattern
 from data_builders.tasks.cot_teacher import verify_trace
-from data_builders.tasks.leakage import find_leaks
+from data_builders.tasks.leakage import _contains_words, find_leaks
 from data_builders.tasks.mixture import MixtureEntry, parse_mixture
 from data_builders.tasks.phrasing import load_templates
 
@@ -71,6 +73,17 @@ def test_leakage_checker_finds_sid_tokens_title_and_distinguishing_term():
     assert find_leaks("the AURIX MINIMALIST BEAKER AU-123, black one", c, [0]) == ["title"]
     assert find_leaks("something like model 0 again", c, [0]) == ["term"]
     assert find_leaks("something like model 01", c, [0]) == []
+
+
+def test_whole_word_search_agrees_with_the_regex_it_replaced():
+    """`_contains_words` is a str.find loop for speed; it must match the lookaround regex exactly."""
+    rng = np.random.default_rng(0)
+    alphabet = list("ab1 -,é")
+    for _ in range(20_000):
+        haystack = "".join(rng.choice(alphabet, size=rng.integers(0, 12)))
+        needle = "".join(rng.choice(alphabet, size=rng.integers(1, 4)))
+        expected = re.search(r"(?<![a-z0-9])" + re.escape(needle) + r"(?![a-z0-9])", haystack) is not None
+        assert _contains_words(haystack, needle) == expected, (haystack, needle)
 
 
 def test_time_patterns():

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from data_builders.tasks.catalog import ItemCatalog
-from data_builders.tasks.leakage import DISTINGUISHING_SLOT, Forbidden, forbidden_for
+from data_builders.tasks.leakage import DISTINGUISHING_SLOT, TraceGuard, forbidden_for
 from data_builders.tasks.phrasing import load_templates
 
 PATTERNS = ("long_term", "short_term", "periodic", "fading")
@@ -79,6 +79,13 @@ class DeterministicCot:
         self.fields = tuple(f for f in self.config.interest_fields if self._field_exists(f))
         n_levels = max((len(t) for t in catalog.sid_tokens), default=0)
         self.prefix_levels = max(0, min(self.config.sid_prefix_levels, n_levels - 1))
+        self._keys: dict[int, tuple[str, ...]] = {}  # item -> its values of `fields`
+
+    def _key(self, item: int) -> tuple[str, ...]:
+        key = self._keys.get(item)
+        if key is None:
+            key = self._keys[item] = tuple(self.catalog.value(item, f) for f in self.fields)
+        return key
 
     def _field_exists(self, name: str) -> bool:
         c = self.catalog
@@ -90,11 +97,11 @@ class DeterministicCot:
         self, history: list[int], timestamps: list[int] | None = None
     ) -> tuple[list[InterestPoint], list[int]]:
         """(interest points, noise positions) of a history of catalogue positions."""
-        c, cfg = self.catalog, self.config
+        cfg = self.config
         groups: dict[tuple[str, ...], list[int]] = {}
         loose: list[int] = []
         for pos, item in enumerate(history):
-            key = tuple(c.value(item, f) for f in self.fields)
+            key = self._key(item)
             if not self.fields or not all(key):
                 loose.append(pos)
             else:
@@ -164,7 +171,7 @@ class DeterministicCot:
         """The trace for predicting `targets[0]` (all targets are kept out of the text)."""
         if not history:
             raise ValueError("a trace needs at least one history item")
-        forbidden = forbidden_for(self.catalog, targets)
+        forbidden = TraceGuard(forbidden_for(self.catalog, targets))
         points, noise = self.interest_points(history, timestamps)
         for j, p in enumerate(points):
             p.label = self._label(p, forbidden, j)
@@ -178,17 +185,14 @@ class DeterministicCot:
         )
         return Trace(text=text, interests=points, chosen=chosen, matched=matched, noise=noise)
 
-    def _safe(self, value: str, forbidden: list[Forbidden]) -> bool:
-        return bool(value) and all(f.allows(value) for f in forbidden)
-
     def _label(self, point: InterestPoint, forbidden, j: int) -> str:
-        parts = [v for v in point.key if self._safe(v, forbidden)]
+        parts = [v for v in point.key if forbidden.allows(v)]
         return ", ".join(parts) if parts else f"interest {j + 1}"
 
     def _choose(self, points: list[InterestPoint], target: int) -> tuple[int, bool]:
         c = self.catalog
         target_attrs = set(c.attributes[target].items())
-        target_key = tuple(c.value(target, f) for f in self.fields)
+        target_key = self._key(target)
 
         def score(j: int):
             p = points[j]
@@ -203,12 +207,12 @@ class DeterministicCot:
     def _item_words(self, item: int, forbidden) -> str:
         c = self.catalog
         cats = c.categories[item]
-        words = [v for v in ([cats[-1]] if cats else []) if self._safe(v, forbidden)]
+        words = [v for v in ([cats[-1]] if cats else []) if forbidden.allows(v)]
         level_names = set(c.attribute_names[: len(cats)])
         extra = [
             v
             for name, v in c.attributes[item].items()
-            if name not in level_names and name != "brand" and self._safe(v, forbidden)
+            if name not in level_names and name != "brand" and forbidden.allows(v)
         ][:2]
         return ", ".join(words + extra) or "an item"
 
@@ -221,7 +225,7 @@ class DeterministicCot:
         for p in recent:
             what = self._item_words(history[p], forbidden)
             prefix = c.sid_prefix(history[p], self.prefix_levels) if self.prefix_levels else ""
-            if prefix and self._safe(prefix, forbidden):
+            if prefix and forbidden.allows(prefix):
                 what += "; " + t["item_codes"].format(prefix=prefix)
             described.append(t["item"].format(n=p + 1, what=f"({what})"))
         sentences = [t["opening"].format(items="; ".join(described))]
@@ -243,18 +247,20 @@ class DeterministicCot:
             return ""
         mine = c.attributes[history[p]]
         root = c.attribute_names[0] if c.attribute_names else None
-        best, best_shared = -1, []
-        for q in range(p - 1, -1, -1):
-            other = c.attributes[history[q]]
-            shared = [
-                v
-                for name, v in mine.items()
-                if name != root and other.get(name) == v and self._safe(v, forbidden)
-            ]
-            if len(shared) > len(best_shared):
-                best, best_shared = q, shared
+        best, best_count = -1, 0
+        for q in range(p - 1, -1, -1):  # the latest of the earlier items sharing the most wins
+            common = mine.items() & c.attributes[history[q]].items()
+            if len(common) <= best_count:
+                continue
+            count = sum(1 for name, v in common if name != root and forbidden.allows(v))
+            if count > best_count:
+                best, best_count = q, count
         if best < 0:
             return t["no_relation"].format(a=p + 1)
+        other = c.attributes[history[best]]
+        best_shared = [
+            v for name, v in mine.items() if name != root and other.get(name) == v and forbidden.allows(v)
+        ]
         prefix_len = 0
         a, b = c.sid_tokens[history[p]], c.sid_tokens[history[best]]
         while prefix_len < min(len(a), len(b), self.prefix_levels) and a[prefix_len] == b[prefix_len]:
@@ -288,12 +294,12 @@ class DeterministicCot:
             return t["fallback"].format(j=chosen + 1, label=points[chosen].label)
         p = points[chosen]
         sentences = [t["chosen"].format(j=chosen + 1, label=p.label, why=t["why"][p.pattern])]
-        attrs = [f"{name.replace('_', ' ')} {v}" for name, v in p.shared if self._safe(v, forbidden)]
+        attrs = [f"{name.replace('_', ' ')} {v}" for name, v in p.shared if forbidden.allows(v)]
         if attrs:
             sentences.append(t["expect"].format(attributes=", ".join(attrs)))
-        if p.sid_prefix and self._safe(p.sid_prefix, forbidden):
+        if p.sid_prefix and forbidden.allows(p.sid_prefix):
             sentences.append(t["prefix"].format(prefix=p.sid_prefix))
-        terms = [w for w in p.shared_terms if self._safe(w, forbidden)]
+        terms = [w for w in p.shared_terms if forbidden.allows(w)]
         if terms:
             sentences.append(t["terms"].format(terms=", ".join(terms)))
         return " ".join(sentences)

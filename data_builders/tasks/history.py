@@ -72,6 +72,27 @@ def item_line(catalog: ItemCatalog, i: int, style: HistoryStyle) -> str:
     return f"{ident} {extra}".strip()
 
 
+class HistoryRenderer:
+    """`render_history` for one catalogue and style, each item's line made once.
+
+    A million-row build shows the same few thousand items in millions of histories.
+    """
+
+    def __init__(self, catalog: ItemCatalog, style: HistoryStyle):
+        self.catalog = catalog
+        self.style = style
+        self._lines: dict[int, str] = {}
+
+    def line(self, i: int) -> str:
+        text = self._lines.get(i)
+        if text is None:
+            text = self._lines[i] = item_line(self.catalog, i, self.style)
+        return text
+
+    def __call__(self, items: list[int]) -> str:
+        return "\n".join(f"{n}. {self.line(i)}" for n, i in enumerate(items, 1))
+
+
 def render_history(catalog: ItemCatalog, items: list[int], style: HistoryStyle) -> str:
     """Numbered lines, oldest first; `items` must already be capped to `style.max_items`."""
-    return "\n".join(f"{n}. {item_line(catalog, i, style)}" for n, i in enumerate(items, 1))
+    return HistoryRenderer(catalog, style)(items)

@@ -13,8 +13,7 @@ What counts as naming the target (case-insensitive):
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from data_builders.tasks.catalog import ItemCatalog
 
@@ -55,8 +54,44 @@ class Forbidden:
         return not (self.term and low and _contains_words(self.term, low))
 
 
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
 def _contains_words(haystack: str, needle: str) -> bool:
-    return re.search(r"(?<![a-z0-9])" + re.escape(needle) + r"(?![a-z0-9])", haystack) is not None
+    """`needle` occurs in `haystack` with no letter or digit glued to either side.
+
+    Plain `str.find` with boundary checks: a regex per call was 60% of a million-row build.
+    """
+    if not needle:
+        return False
+    size, start = len(needle), haystack.find(needle)
+    while start >= 0:
+        end = start + size
+        if (start == 0 or haystack[start - 1] not in _WORD_CHARS) and (
+            end == len(haystack) or haystack[end] not in _WORD_CHARS
+        ):
+            return True
+        start = haystack.find(needle, start + 1)
+    return False
+
+
+@dataclass
+class TraceGuard:
+    """Every target's `Forbidden` for one trace, answering `allows` once per distinct phrase.
+
+    A trace asks about the same few attribute values many times (each history item, each
+    relation, each interest point); memoising keeps the check off the build's profile.
+    """
+
+    forbidden: list[Forbidden]
+    _seen: dict[str, bool] = field(default_factory=dict)
+
+    def allows(self, value: str) -> bool:
+        """Non-empty and naming no target."""
+        known = self._seen.get(value)
+        if known is None:
+            known = self._seen[value] = bool(value) and all(f.allows(value) for f in self.forbidden)
+        return known
 
 
 def forbidden_for(catalog: ItemCatalog, targets: list[int]) -> list[Forbidden]:

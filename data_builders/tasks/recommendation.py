@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data_builders.tasks.catalog import ItemCatalog
-from data_builders.tasks.history import HistoryStyle, clip, render_history, render_terms
+from data_builders.tasks.history import HistoryRenderer, HistoryStyle, clip, render_terms
 from data_builders.tasks.phrasing import load_templates, pick
 from onereason.thinking import format_answer, with_switch
 
@@ -70,6 +70,10 @@ class RecommendationTasks:
         self.term_style = HistoryStyle(
             "term", "title" if style.item_text == "title" else "none", style.max_items, style.title_max_chars
         )
+        self.render = {
+            "sid": HistoryRenderer(catalog, self.style),
+            "term": HistoryRenderer(catalog, self.term_style),
+        }
         self.system_prompt = system_prompt
         self.seed = seed
         self.top_k = top_k
@@ -93,11 +97,11 @@ class RecommendationTasks:
     def user_text(self, task: str, row: RecRow, copy: int = 0) -> str:
         """The user turn without its switch: identical for both modes of one (row, copy)."""
         t = self.templates
-        style = self.term_style if task == "rec_term" else self.style
+        render = self.render["term" if task == "rec_term" else "sid"]
         header = pick(t["history_header"], self.seed, "header", row.key, copy)
         question = pick(t["question"][task], self.seed, task, row.key, copy)
         question = question.format(k=len(row.targets[: self.top_k]), verb=self.verb(row.event))
-        return f"{header}\n{render_history(self.catalog, row.history, style)}\n{question}"
+        return f"{header}\n{render(row.history)}\n{question}"
 
     def answer(self, task: str, row: RecRow) -> tuple[str, list[int]]:
         c = self.catalog
