@@ -58,6 +58,7 @@ import torch
 from transformers import GenerationConfig
 
 from evaluation.protocols import EvalExample
+from evaluation.vllm_think import BACKENDS, VllmThinkSampler, resolve_backend
 from onereason.io import atomic_write_json, atomic_write_text
 from onereason.sid_beam import constrained_beam_search, left_padded
 from onereason.thinking import EMPTY_THINK, THINK_CLOSE, THINK_OPEN, switch_mode
@@ -83,6 +84,8 @@ class DecodingConfig:
     merge: str = "mean_prob"
     answer: str = "sid"
     max_answer_tokens: int = 48  # Term-ID answers only; SID answers use the SID length + EOS
+    think_backend: str = "transformers"  # transformers | vllm | auto: who samples the think stage
+    vllm_gpu_memory_utilization: float = 0.3  # think_backend vllm: its share of the GPU
     seed: int = 0
 
     def __post_init__(self):
@@ -94,6 +97,8 @@ class DecodingConfig:
             raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
         if self.answer not in ANSWERS:
             raise ValueError(f"answer must be one of {ANSWERS}, got {self.answer!r}")
+        if self.think_backend not in BACKENDS:
+            raise ValueError(f"think_backend must be one of {BACKENDS}, got {self.think_backend!r}")
 
 
 def check_index_matches_tokenizer(index, tokenizer, source: str = "tokenizer") -> None:
@@ -129,7 +134,9 @@ def parse_terms(text: str) -> list[str] | None:
 class BeamRanker:
     """Ranks catalogue items for chat prompts with one model, tokenizer and item index."""
 
-    def __init__(self, model, tokenizer, index, cfg: DecodingConfig, trie=None):
+    def __init__(
+        self, model, tokenizer, index, cfg: DecodingConfig, trie=None, model_path: str | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.index = index
@@ -159,6 +166,11 @@ class BeamRanker:
             self.eos_ids.insert(0, tokenizer.eos_token_id)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.sid_len = sid_token_length(index, tokenizer)
+        self.think_backend = resolve_backend(cfg.think_backend)
+        if self.think_backend == "vllm" and not model_path:
+            raise ValueError("think_backend: vllm needs the checkpoint's path (vLLM loads it itself)")
+        self.model_path = model_path
+        self._vllm: VllmThinkSampler | None = None  # started on the first thinking batch
 
     def _grounder(self):
         from data_builders.identifiers.grounding import ElasticGrounder
@@ -216,7 +228,12 @@ class BeamRanker:
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
         )
-        new, _ = self._generate([p + self.open_ids for p in prompts], config, constrained=False)
+        heads = [p + self.open_ids for p in prompts]
+        if self.think_backend == "vllm":
+            seed = int(torch.randint(2**31 - 1, ()).item())  # from the per-shard torch seed
+            new = self._vllm_sampler()(heads, seed)
+        else:
+            new, _ = self._generate(heads, config, constrained=False)
         out = []
         for i in range(len(prompts)):
             samples = []
@@ -244,6 +261,23 @@ class BeamRanker:
                 samples.append((self.open_ids + ids, n_sampled, exhausted, trace))
             out.append(samples)
         return out
+
+    def _vllm_sampler(self) -> VllmThinkSampler:
+        if self._vllm is None:
+            cfg = self.cfg
+            self._vllm = VllmThinkSampler(
+                self.model_path,
+                cfg.think_temperature,
+                cfg.think_top_p,
+                cfg.think_top_k,
+                cfg.think_budget,
+                cfg.think_samples,
+                stop_ids=[self.think_close_id, *self.eos_ids],
+                eos_id=self.eos_ids[0],
+                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                seed=cfg.seed,
+            )
+        return self._vllm
 
     def _answer_config(self) -> GenerationConfig:
         cfg = self.cfg
@@ -376,8 +410,9 @@ class BeamRanker:
 
 
 def run_fingerprint(model_path: str, mode: str, cfg: DecodingConfig, examples: Sequence[EvalExample]) -> str:
+    decoding = {k: v for k, v in asdict(cfg).items() if k != "vllm_gpu_memory_utilization"}  # not a result
     payload = json.dumps(
-        {"model": str(model_path), "mode": mode, "decoding": asdict(cfg), "keys": [e.key for e in examples]},
+        {"model": str(model_path), "mode": mode, "decoding": decoding, "keys": [e.key for e in examples]},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -513,5 +548,5 @@ def evaluate_checkpoint(
     model, tokenizer = model_and_tokenizer
     model.eval()
     check_index_matches_tokenizer(index, tokenizer, f"tokenizer of {model_path}")
-    ranker = BeamRanker(model, tokenizer, index, cfg)
+    ranker = BeamRanker(model, tokenizer, index, cfg, model_path=str(model_path))
     return generate_run(ranker, examples, mode, run_path, shard_size, str(model_path), progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from evaluation.generate import (
     parse_terms,
 )
 from evaluation.protocols import EvalExample, check_targets, examples_from_rows
+from evaluation.vllm_think import completion_ids, vllm_installed
 from onereason.thinking import EMPTY_THINK
 
 N_ITEMS = 30
@@ -109,6 +111,47 @@ def test_think_mode_respects_the_budget_and_closes_the_trace(world):
             assert r["think_tokens"] == 12
     # an untrained model rarely writes </think> on its own: the forced close must have happened
     assert any(r["think_budget_exhausted"] for r in run)
+
+
+def test_vllm_completions_are_normalised_to_end_at_their_stop_token():
+    done = SimpleNamespace(token_ids=[5, 6], finish_reason="stop", stop_reason=99)  # stop token left out
+    kept = SimpleNamespace(token_ids=[5, 6, 99], finish_reason="stop", stop_reason=99)
+    eos = SimpleNamespace(token_ids=[5], finish_reason="stop", stop_reason=None)
+    budget = SimpleNamespace(token_ids=[5, 6, 7], finish_reason="length", stop_reason=None)
+    assert completion_ids(done, eos_id=2) == completion_ids(kept, eos_id=2) == [5, 6, 99]
+    assert completion_ids(eos, eos_id=2) == [5, 2]
+    assert completion_ids(budget, eos_id=2) == [5, 6, 7]
+
+
+def test_think_stage_on_a_vllm_style_sampler_gives_the_same_records(world):
+    """The vLLM path hands back unpadded completions of any length; `_think` must read them as it
+    reads transformers' padded ones (vLLM itself needs a GPU: the sampler here replays fixed tokens)."""
+    _, index, model, tokenizer = world
+    cfg = DecodingConfig(num_beams=3, batch_size=2, think_budget=8)
+    ranker = BeamRanker(model, tokenizer, index, cfg)
+    words = ranker.encode("a b")
+    close = ranker.think_close_id
+    replies = [words + [close], [words[0]] * 8]  # one closed trace, one that spends the budget
+    ranker.think_backend = "vllm"
+    ranker._vllm = lambda heads, seed: [list(replies[i % 2]) for i in range(len(heads))]
+    run = ranker.rank(examples(index, 2), "think")
+    closed, spent = run
+    assert closed["think_tokens"] == len(words) + 1 and not closed["think_budget_exhausted"]
+    assert closed["think"] == [tokenizer.decode(words, skip_special_tokens=True).strip()]
+    assert spent["think_tokens"] == 8 and spent["think_budget_exhausted"]
+    assert all(r["n_valid"] == r["n_beams"] == 3 for r in run)
+
+
+def test_think_backend_auto_falls_back_to_transformers_and_vllm_is_checked_up_front(world):
+    _, index, model, tokenizer = world
+    if vllm_installed():
+        pytest.skip("vLLM is installed here: nothing to refuse")
+    auto = BeamRanker(model, tokenizer, index, DecodingConfig(think_backend="auto"))
+    assert auto.think_backend == "transformers"
+    with pytest.raises(ImportError, match="vLLM"):
+        BeamRanker(model, tokenizer, index, DecodingConfig(think_backend="vllm"), model_path="m")
+    with pytest.raises(ValueError, match="think_backend"):
+        DecodingConfig(think_backend="tgi")
 
 
 def test_test_time_scaling_merges_beams_of_several_traces(world):
