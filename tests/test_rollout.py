@@ -105,3 +105,31 @@ def test_bad_settings_are_rejected(world):
         TwoStageGenerator(trie, tokenizer, decoding="greedy")
     with pytest.raises(ValueError, match="think_budget"):
         TwoStageGenerator(trie, tokenizer, think_budget=0)
+
+
+def test_an_external_think_sampler_feeds_stage_one_and_stage_two_stays_on_the_trie(world):
+    """With `use_vllm` the trainer samples think blocks on vLLM; the generator must take those
+    tokens as they come (closed, or cut at the budget) and still decode the SID under the trie."""
+    index, _, tokenizer, _ = world
+    rows = toy_rows(index, 6, think_share=0.5, seed=5)
+    words = tokenizer("a b", add_special_tokens=False)["input_ids"]
+    close = tokenizer.convert_tokens_to_ids("</think>")
+    seen = []
+
+    def sampler(heads):
+        seen.append(len(heads))
+        return [words + [close] if k % 2 else words * 20 for k in range(len(heads))]
+
+    generator, out = generate(world, rows, think_budget=5, think_sampler=sampler)
+    n_think = sum(r["mode"] == "think" for r in rows)
+    assert seen == [n_think], "one call, for the thinking prompts only"
+    texts = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+    for ids, mask, start, mode, text in zip(
+        out.completion_ids, out.env_mask, out.sid_start, out.modes, texts
+    ):
+        sids = index.parse(split_answer(text)[1])
+        assert len(sids) == 1 and index.items_for_sid(sids[0]), text
+        if mode == "think":
+            sampled = sum(mask[:start])
+            assert sampled in (len(words) + 1, 5), "a closed trace keeps its </think>, a long one is cut at 5"
+            assert ids[len(generator.open_ids) : len(generator.open_ids) + 2] == words[:2]

@@ -10,6 +10,11 @@ loss from the model's raw logits. Two overrides change exactly that and nothing 
   reference model alike — renormalises the logits of SID positions over the trie's
   allowed tokens, so the loss sees the distribution the rollout sampled from.
 
+With `use_vllm` (server or colocate), stage 1 — the think block, the long part — is sampled
+by TRL's own vLLM generation, weights synced by TRL before each rollout; stage 2 stays on the
+policy under the trie (vLLM's sampler has no hook for it), and the loss still uses the
+recomputed constrained log-probs. This path has not yet been run on a GPU by us.
+
 Everything else (group advantages, clipping, KL, DAPO loss, checkpoints, DDP/DeepSpeed)
 is TRL's.
 """
@@ -46,11 +51,6 @@ class ConstrainedGRPOTrainer(GRPOTrainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if self.use_vllm:
-            raise NotImplementedError(
-                "use_vllm: two-stage constrained rollouts run on transformers `generate` in this version; "
-                "set use_vllm: false"
-            )
         self.trie = trie
         self.rollout_generator = TwoStageGenerator(
             trie,
@@ -60,6 +60,7 @@ class ConstrainedGRPOTrainer(GRPOTrainer):
             temperature=self.temperature,
             decoding=decoding,
             max_sid_tokens=max_sid_tokens,
+            think_sampler=self._vllm_think if self.use_vllm else None,
         )
         if self.rollout_generator.max_completion_tokens > self.max_completion_length:
             raise ValueError(
@@ -92,6 +93,23 @@ class ConstrainedGRPOTrainer(GRPOTrainer):
             "sid_start": rollout.sid_start,
             "beam_rank": rollout.beam_rank,
         }
+
+    def _vllm_think(self, heads: list[list[int]]) -> list[list[int]]:
+        """Stage 1 on TRL's vLLM generation (server or colocate; TRL syncs the weights before each
+        rollout): one think block per head, at most `think_budget` tokens, stopping at `</think>`/EOS."""
+        vllm = self.vllm_generation
+        generator = self.rollout_generator
+        saved = vllm.max_completion_length, dict(vllm.generation_kwargs)
+        vllm.max_completion_length = generator.think_budget
+        vllm.generation_kwargs = {
+            **vllm.generation_kwargs,
+            "stop_token_ids": [generator.think_close_id, *generator.eos_ids],
+        }
+        try:
+            _, completions, _, _ = vllm.generate(heads, None, num_generations=1)
+        finally:
+            vllm.max_completion_length, vllm.generation_kwargs = saved
+        return [list(c) for c in completions]
 
     # ------------------------------------------------------------------ log-probs
 

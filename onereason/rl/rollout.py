@@ -65,8 +65,15 @@ class TwoStageGenerator:
         temperature: float = 1.0,
         decoding: str = "sample",
         max_sid_tokens: int = 16,
+        think_sampler=None,
     ):
-        """`max_sid_tokens` bounds one SID's length (see `sid_token_length`); decoding stops at EOS."""
+        """`max_sid_tokens` bounds one SID's length (see `sid_token_length`); decoding stops at EOS.
+
+        `think_sampler(heads) -> new tokens per head` replaces transformers `generate` for stage 1
+        (the trainer passes TRL's vLLM generation there when `use_vllm`); it must sample with
+        this generator's temperature, stop at `</think>` or EOS and spend at most `think_budget`
+        tokens. Stage 2 always runs here, under the trie.
+        """
         if decoding not in ("sample", "beam"):
             raise ValueError(f"decoding must be 'sample' or 'beam', got {decoding!r}")
         if think_budget < 1:
@@ -78,6 +85,7 @@ class TwoStageGenerator:
         self.temperature = temperature
         self.decoding = decoding
         self.max_sid_tokens = max_sid_tokens
+        self.think_sampler = think_sampler
         encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         self.think_close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
         if self.think_close_id is None or self.think_close_id == tokenizer.unk_token_id:
@@ -151,16 +159,20 @@ class TwoStageGenerator:
                 out[i] = (list(self.empty_think_ids), [0] * len(self.empty_think_ids))
         if thinking:
             heads = [prompts[i] + self.open_ids for i in thinking]
-            config = GenerationConfig(
-                do_sample=True,
-                temperature=self.temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=self.think_budget,
-                eos_token_id=[self.think_close_id, *self.eos_ids],
-                pad_token_id=self.pad_id,
-            )
-            for i, new in zip(thinking, self._generate(model, heads, config)):
+            if self.think_sampler is not None:
+                sampled = [list(new)[: self.think_budget] for new in self.think_sampler(heads)]
+            else:
+                config = GenerationConfig(
+                    do_sample=True,
+                    temperature=self.temperature,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=self.think_budget,
+                    eos_token_id=[self.think_close_id, *self.eos_ids],
+                    pad_token_id=self.pad_id,
+                )
+                sampled = self._generate(model, heads, config)
+            for i, new in zip(thinking, sampled):
                 trace, mask = self._close_trace(new)
                 out[i] = (self.open_ids + trace, [0] * len(self.open_ids) + mask)
         return out  # type: ignore[return-value]
