@@ -86,6 +86,16 @@ def test_whole_word_search_agrees_with_the_regex_it_replaced():
         assert _contains_words(haystack, needle) == expected, (haystack, needle)
 
 
+def test_recommendation_promises_only_what_the_target_has():
+    c = catalog_with_sids()
+    c.attributes[3]["style"] = "rugged"  # the target keeps the category, changes style
+    trace = DeterministicCot(c).build([0, 1, 0, 2], [0, 1, 2, 3], targets=[3])
+    expect = trace.text.split("Expect an item with ")[1].split(".")[0]
+    assert trace.matched and expect == "department Lab, category Glassware, subcategory Beaker"  # no style
+    tent = DeterministicCot(c).build([0, 1, 0, 1], [0, 1, 2, 3], targets=[2])  # a camping target
+    assert not tent.matched and "no interest clearly continues" in tent.text
+
+
 def test_time_patterns():
     assert classify_pattern([1, 4, 7, 10], 12) == ("periodic", 3)
     assert classify_pattern([8, 10, 11], 12) == ("short_term", 0)
@@ -99,7 +109,8 @@ def test_trace_groups_history_and_describes_the_interest_without_the_target():
     assert [p.key for p in trace.interests] == [("Glassware", "minimalist"), ("Camping", "rugged")]
     assert trace.interests[0].evidence == [0, 2, 3] and trace.matched
     assert trace.interests[trace.chosen].key == ("Glassware", "minimalist")
-    assert "Its SID likely starts with <s_a_1><s_b_2>." in trace.text
+    # the interest's items share <s_a_1><s_b_2>, the target (1, 3, 8) only <s_a_1>: say only what is true of it
+    assert "Its SID likely starts with <s_a_1>." in trace.text and "<s_a_1><s_b_2>." not in trace.text
     assert find_leaks(trace.text, c, [3]) == [] and "model 3" not in trace.text
     assert verify_trace(trace.text, c, [0, 2, 1, 0, 2], [3]) is None
 

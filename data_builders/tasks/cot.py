@@ -180,7 +180,7 @@ class DeterministicCot:
             [
                 self._derivation(history, noise, forbidden),
                 self._evolution(points, timestamps, len(history)),
-                self._recommendation(points, chosen, matched, forbidden),
+                self._recommendation(points, chosen, matched, forbidden, targets[0]),
             ]
         )
         return Trace(text=text, interests=points, chosen=chosen, matched=matched, noise=noise)
@@ -200,7 +200,7 @@ class DeterministicCot:
             return (key_match * 2 + len(target_attrs & set(p.shared)), p.evidence[-1])
 
         best = max(range(len(points)), key=score)
-        if score(best)[0] > 0:
+        if points[best].key[:1] == target_key[:1]:  # same leading field (category): it serves this interest
             return best, True
         return max(range(len(points)), key=lambda j: points[j].evidence[-1]), False
 
@@ -286,23 +286,43 @@ class DeterministicCot:
             sentences.append(t["interest"].format(j=j + 1, label=p.label, evidence=evidence, pattern=pattern))
         return " ".join(sentences)
 
-    def _recommendation(self, points, chosen, matched, forbidden) -> str:
+    def _recommendation(self, points, chosen, matched, forbidden, target: int) -> str:
+        """The chosen interest, then only what its history items share *and the target has too*:
+        a trace that promised attributes or a SID prefix the answer then contradicts would
+        teach the model to ignore its own reasoning."""
         t = self.templates["recommendation"]
+        c = self.catalog
         if chosen is None:
             return t["no_interest"]
         if not matched:
             return t["fallback"].format(j=chosen + 1, label=points[chosen].label)
         p = points[chosen]
         sentences = [t["chosen"].format(j=chosen + 1, label=p.label, why=t["why"][p.pattern])]
-        attrs = [f"{name.replace('_', ' ')} {v}" for name, v in p.shared if forbidden.allows(v)]
+        mine = c.attributes[target]
+        attrs = [
+            f"{name.replace('_', ' ')} {v}"
+            for name, v in p.shared
+            if mine.get(name) == v and forbidden.allows(v)
+        ]
         if attrs:
             sentences.append(t["expect"].format(attributes=", ".join(attrs)))
-        if p.sid_prefix and forbidden.allows(p.sid_prefix):
-            sentences.append(t["prefix"].format(prefix=p.sid_prefix))
-        terms = [w for w in p.shared_terms if forbidden.allows(w)]
+        prefix = self._common_prefix(p.sid_prefix, target)
+        if prefix and forbidden.allows(prefix):
+            sentences.append(t["prefix"].format(prefix=prefix))
+        own_terms = set((c.terms[target] or [])[:DISTINGUISHING_SLOT])
+        terms = [w for w in p.shared_terms if w in own_terms and forbidden.allows(w)]
         if terms:
             sentences.append(t["terms"].format(terms=", ".join(terms)))
         return " ".join(sentences)
+
+    def _common_prefix(self, prefix: str, target: int) -> str:
+        """The longest leading part of `prefix` (whole itemic tokens) that the target's SID starts with."""
+        tokens = self.catalog.sid_tokens[target]
+        for length in range(min(self.prefix_levels, len(tokens)), 0, -1):
+            own = "".join(tokens[:length])
+            if prefix.startswith(own):
+                return own
+        return ""
 
 
 def classify_pattern(evidence: list[int], n: int) -> tuple[str, int]:
