@@ -31,9 +31,9 @@ def vllm_installed() -> bool:
 
 
 def resolve_backend(backend: str) -> str:
-    """`auto` -> vllm when importable, else transformers; `vllm` without vLLM is an error now, not mid-run."""
-    if backend not in BACKENDS:
-        raise ValueError(f"think_backend must be one of {BACKENDS}, got {backend!r}")
+    """`auto` -> vllm when importable, else transformers; `vllm` without vLLM is an error now, not mid-run.
+
+    `backend` is one of `BACKENDS` (`DecodingConfig` checks it)."""
     if backend == "auto":
         return "vllm" if vllm_installed() else "transformers"
     if backend == "vllm" and not vllm_installed():

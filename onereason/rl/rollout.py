@@ -157,24 +157,29 @@ class TwoStageGenerator:
         for i, m in enumerate(modes):
             if m != "think":
                 out[i] = (list(self.empty_think_ids), [0] * len(self.empty_think_ids))
-        if thinking:
-            heads = [prompts[i] + self.open_ids for i in thinking]
-            if self.think_sampler is not None:
-                sampled = [list(new)[: self.think_budget] for new in self.think_sampler(heads)]
-            else:
-                config = GenerationConfig(
-                    do_sample=True,
-                    temperature=self.temperature,
-                    top_k=0,
-                    top_p=1.0,
-                    max_new_tokens=self.think_budget,
-                    eos_token_id=[self.think_close_id, *self.eos_ids],
-                    pad_token_id=self.pad_id,
-                )
-                sampled = self._generate(model, heads, config)
-            for i, new in zip(thinking, sampled):
-                trace, mask = self._close_trace(new)
-                out[i] = (self.open_ids + trace, [0] * len(self.open_ids) + mask)
+        heads = [prompts[i] + self.open_ids for i in thinking]
+        if self.think_sampler is not None:
+            # Every prompt goes to the sampler, not only the thinking ones: TRL's vLLM generation
+            # gathers prompts across ranks and slices the results back assuming each rank sent as
+            # many. The no-think rows' samples are dropped.
+            every = self.think_sampler([p + self.open_ids for p in prompts])
+            sampled = [list(every[i])[: self.think_budget] for i in thinking]
+        elif heads:
+            config = GenerationConfig(
+                do_sample=True,
+                temperature=self.temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=self.think_budget,
+                eos_token_id=[self.think_close_id, *self.eos_ids],
+                pad_token_id=self.pad_id,
+            )
+            sampled = self._generate(model, heads, config)
+        else:
+            sampled = []
+        for i, new in zip(thinking, sampled):
+            trace, mask = self._close_trace(new)
+            out[i] = (self.open_ids + trace, [0] * len(self.open_ids) + mask)
         return out  # type: ignore[return-value]
 
     def _close_trace(self, new: list[int]) -> tuple[list[int], list[int]]:
