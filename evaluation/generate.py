@@ -217,22 +217,22 @@ class BeamRanker:
     def _think(self, prompts: list[list[int]]) -> list[list[tuple[list[int], int, bool, str]]]:
         """Per prompt, `think_samples` × (think ids through the forced `\\n\\n`, sampled tokens, budget hit, trace)."""
         cfg = self.cfg
-        config = GenerationConfig(
-            do_sample=True,
-            temperature=cfg.think_temperature,
-            top_p=cfg.think_top_p,
-            top_k=cfg.think_top_k,
-            max_new_tokens=cfg.think_budget,
-            num_return_sequences=cfg.think_samples,
-            eos_token_id=[self.think_close_id, *self.eos_ids],
-            pad_token_id=self.pad_id,
-            return_dict_in_generate=True,
-        )
         heads = [p + self.open_ids for p in prompts]
         if self.think_backend == "vllm":
             seed = int(torch.randint(2**31 - 1, ()).item())  # from the per-shard torch seed
             new = self._vllm_sampler()(heads, seed)
         else:
+            config = GenerationConfig(
+                do_sample=True,
+                temperature=cfg.think_temperature,
+                top_p=cfg.think_top_p,
+                top_k=cfg.think_top_k,
+                max_new_tokens=cfg.think_budget,
+                num_return_sequences=cfg.think_samples,
+                eos_token_id=[self.think_close_id, *self.eos_ids],
+                pad_token_id=self.pad_id,
+                return_dict_in_generate=True,
+            )
             new, _ = self._generate(heads, config, constrained=False)
         out = []
         for i in range(len(prompts)):
