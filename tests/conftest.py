@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models built in the session, real data located (or skipped)."""
+"""Shared fixtures: tiny models built in the session (plain helpers are in helpers.py)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 CORPUS = [
     "Derivation: the recent items share a category. Evolution: a long-term interest in lab glassware.",
     "Recommendation: the next item is likely a premium beaker from the same brand family.",
     "What will the user interact with next? The user's history, oldest first:",
     "Hand tools, measuring instruments, safety gloves, microscope slides, test tubes and pipettes.",
 ] * 20
-
-
-def shared_data(*parts: str) -> Path:
-    """Path under ../shared/data, or skip the test with the reason."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import shared_data
+from helpers import shared_data
 
 from data_builders.build import main
 from data_builders.sources.common import INTERACTION_SCHEMA

@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 
 from data_builders.sources import SOURCES, DataError, Loaded, load_source, register_source
 from data_builders.sources.common import INTERACTION_SCHEMA

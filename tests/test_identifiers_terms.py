@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 
 from data_builders.identifiers import term_ids
 from data_builders.identifiers.term_ids import (

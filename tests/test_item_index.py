@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers import shared_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onereason.item_index import ItemIndex, SIDFormat
-from tests.conftest import shared_data
 
 
 def small_index(fmt: SIDFormat | None = None, terms: bool = True) -> ItemIndex:

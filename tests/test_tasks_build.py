@@ -264,7 +264,7 @@ def test_deterministic_traces_never_leak_on_scientific(tmp_path):
     """Real titles, brands and Term IDs: every test-split trace is free of its target's SID, title, term."""
     from collections import Counter
 
-    from conftest import shared_data
+    from helpers import shared_data
 
     from data_builders.identifiers.term_ids import extractive_term_ids
     from data_builders.tasks.build import read_rows
