@@ -75,6 +75,9 @@ def main() -> int:
     parser.add_argument(
         "--hf_users", type=int, default=0, help="also time HF generate beam search on this many users"
     )
+    parser.add_argument(
+        "--dump", default=None, help="write every run's ranked SIDs to this JSON file (to compare rankings)"
+    )
     args = parser.parse_args()
     if not DATA.exists():
         print(f"skipped: {DATA} is absent (see ../shared/data/README.md)")
@@ -111,8 +114,10 @@ def main() -> int:
                 f"think tokens mean {stats['think_tokens_mean']:.1f} p95 {stats['think_tokens_p95']:.0f}, "
                 f"hit@10 {item['hit@10']:.4f} (untrained)"
             )
+            dumped[label or mode] = [r["ranked_sids"] for r in run]
             return run, wall
 
+        dumped: dict[str, list] = {}
         base = {"num_beams": args.num_beams, "batch_size": args.batch_size}
         if args.hf_users:
             users = examples[: args.hf_users]
@@ -131,6 +136,8 @@ def main() -> int:
         )
         timed("think", examples[: args.think_users], think_cfg)
 
+    if args.dump:
+        Path(args.dump).write_text(json.dumps(dumped), encoding="utf-8")
     test_rows = [ex.to_row() for ex in examples]
     for name, fn in (("popularity", popularity_baseline), ("cooccurrence", cooccurrence_baseline)):
         began = time.perf_counter()
