@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from data_builders.cleaning import DEDUP_MODES, CleaningOptions, clean
-from data_builders.sources import load_source
+from data_builders.sources import SOURCES, load_source
 from data_builders.sources.common import (
     INTERACTION_COLUMNS,
     INTERACTION_SCHEMA,
@@ -30,7 +31,7 @@ from data_builders.sources.common import (
     Loaded,
 )
 from data_builders.splits import METHODS, SPLIT_SCHEMA, assign_roles, write_splits
-from onereason.io import atomic_dir, atomic_write_json, atomic_write_text
+from onereason.io import atomic_dir, atomic_write_json, atomic_write_text, check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,19 @@ class BuildDataConfig:
         default_factory=dict,
         metadata={"help": "keyword options of the loader (path, name, column mapping...), a YAML mapping"},
     )
-    out_dir: str = field(default="data/built", metadata={"help": "output folder (replaced atomically)"})
+    out_dir: str = field(
+        default="data/built",
+        metadata={
+            "help": "output folder, replaced atomically; an existing folder must be empty or a previous "
+            "onereason output (see --overwrite)"
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "replace out_dir even when it is a folder onereason did not write (never an input folder)"
+        },
+    )
     dedup: str = field(default="exact", metadata={"help": "none | exact | user_item | consecutive"})
     kcore: int = field(
         default=0, metadata={"help": "keep users and items with >= k interactions, iterated (0: off)"}
@@ -118,6 +131,8 @@ class BuildDataConfig:
             raise DataError(f"split: unknown method {self.split!r}; choose from {METHODS}")
         if self.dedup not in DEDUP_MODES:
             raise DataError(f"dedup: unknown mode {self.dedup!r}; choose from {DEDUP_MODES}")
+        if self.source not in SOURCES:
+            raise DataError(f"source: unknown source {self.source!r}; choose from {sorted(SOURCES)}")
 
     def cleaning(self) -> CleaningOptions:
         return CleaningOptions(
@@ -171,10 +186,36 @@ def _plain_extra(extra: dict) -> dict:
     return out
 
 
+def input_paths(options: dict) -> list[str]:
+    """The files and folders a loader reads: every string option naming an existing path."""
+    found = []
+    for value in options.values():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, str) and v and Path(v).expanduser().exists():
+                found.append(v)
+    return found
+
+
+def _empty_source_message(name: str, drops: DropCounter) -> str:
+    """Why a source gave no interactions: the drop counts and the first example, if any."""
+    if not drops.counts:
+        return f"source {name!r} produced no interactions (is the file empty?)"
+    reason, n = max(drops.counts.items(), key=lambda kv: kv[1])
+    example = (drops.examples.get(reason) or [""])[0]
+    return (
+        f"source {name!r} produced no interactions: all {n} row(s) dropped as {reason}"
+        + (f", e.g. {example}" if example else "")
+        + " (check the column mapping and timestamp_unit in source_options)"
+    )
+
+
 def build_data(config: BuildDataConfig) -> tuple[Path, dict]:
     """Run the whole build; returns the output folder and the stats written to `stats.json`."""
     progress = tqdm if config.progress else None
     options = dict(config.source_options)
+    # Cheap checks first: the output folder must not eat an input or a user's folder.
+    check_output_dir(config.out_dir, inputs=input_paths(options), overwrite=config.overwrite)
     if config.source == "synthetic":
         options.setdefault("seed", config.seed)
     logger.info("loading source %s", config.source)
@@ -190,8 +231,11 @@ def build_data(config: BuildDataConfig) -> tuple[Path, dict]:
     drops = DropCounter(config.strict)
     drops.merge(loaded.drops, loaded.extra.get("drop_examples", {}))
     raw_rows = loaded.interactions.num_rows
+    if raw_rows == 0:
+        raise DataError(_empty_source_message(config.source, drops))
     logger.info("cleaning %d interactions", raw_rows)
-    df, items, item_drops = clean(loaded.interactions, loaded.items, config.cleaning(), drops)
+    filters: list[dict] = []
+    df, items, item_drops = clean(loaded.interactions, loaded.items, config.cleaning(), drops, filters)
 
     given = None
     given_targets = None
@@ -221,6 +265,7 @@ def build_data(config: BuildDataConfig) -> tuple[Path, dict]:
             "items": items.num_rows,
             "dropped": dict(sorted(drops.counts.items())),
             "dropped_items": item_drops,
+            "filters": filters,
             "drop_examples": drops.examples,
             "sequence_length": _sequence_stats(df),
             "splits": split_stats,
@@ -234,11 +279,8 @@ def build_data(config: BuildDataConfig) -> tuple[Path, dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     from onereason.configs import parse_config
 
-    try:
-        (config,) = parse_config([BuildDataConfig], argv, prog="onereason build-data")
-        out, stats = build_data(config)
-    except DataError as err:
-        raise SystemExit(f"error: build-data: {err}") from err
+    (config,) = parse_config([BuildDataConfig], argv, prog="onereason build-data")
+    out, stats = build_data(config)
     splits = ", ".join(f"{s} {v['examples']:,}" for s, v in stats["splits"].items())
     print(
         f"{out}: {stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions; {splits}"
@@ -249,4 +291,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from onereason.cli import run_command
+
+    raise SystemExit(run_command("build-data", main, sys.argv[1:]))

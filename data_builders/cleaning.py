@@ -144,19 +144,42 @@ def prune_items(items: pa.Table, df: pl.DataFrame) -> tuple[pa.Table, int]:
     return kept, items.num_rows - kept.num_rows
 
 
+def counts(df: pl.DataFrame) -> dict[str, int]:
+    """Users, items and interactions of a frame (for the before/after record of each filter)."""
+    return {
+        "users": int(df["user_id"].n_unique()) if df.height else 0,
+        "items": int(df["item_id"].n_unique()) if df.height else 0,
+        "interactions": int(df.height),
+    }
+
+
 def clean(
-    interactions: pa.Table | pl.DataFrame, items: pa.Table, options: CleaningOptions, drops: DropCounter
+    interactions: pa.Table | pl.DataFrame,
+    items: pa.Table,
+    options: CleaningOptions,
+    drops: DropCounter,
+    trace: list[dict] | None = None,
 ) -> tuple[pl.DataFrame, pa.Table, dict[str, int]]:
     """All steps in order; drops are added to `drops` (interaction rows) and returned for items.
 
     Raises `DataError` naming the step when nothing is left, since an empty split folder
-    would only fail later and further from the cause.
+    would only fail later and further from the cause. `trace`, when given, receives one
+    record per step: `{"step", "setting", "before": counts, "after": counts}` (users,
+    items and interactions), the first being the loaded source itself.
     """
     df = order_events(interactions)
     if df.height == 0:
         raise DataError("the source produced no interactions")
+    last = counts(df)
+    if trace is not None:
+        trace.append({"step": "loaded", "setting": "", "before": last, "after": last})
 
     def check(step: str, setting: str) -> None:
+        nonlocal last
+        if trace is not None:
+            now = counts(df)
+            trace.append({"step": step, "setting": setting, "before": last, "after": now})
+            last = now
         if df.height == 0:
             raise DataError(f"no interactions left after {step} ({setting}); loosen it in the data config")
 
@@ -187,7 +210,17 @@ def clean(
 
     item_drops: dict[str, int] = {}
     if not options.keep_unused_items:
+        before = items.num_rows
         items, n = prune_items(items, df)
         if n:
             item_drops["item_without_interactions"] = n
+        if trace is not None:
+            trace.append(
+                {
+                    "step": "pruning unused catalogue items",
+                    "setting": "keep_unused_items=false",
+                    "before": {"catalogue_items": before},
+                    "after": {"catalogue_items": items.num_rows},
+                }
+            )
     return df, items, item_drops

@@ -6,6 +6,10 @@
 
 Every subcommand takes `--config FILE.yaml` plus `--key value` overrides; `--help` lists
 its fields with their help text.
+
+Every expected failure ends in one line on stderr naming the file, row or key and what to
+do, with exit code 2 for a bad command line or config and 1 for bad data or a bad model
+(`onereason.errors`); `--debug` (anywhere on the line) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -43,12 +47,46 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: onereason <command> [--config FILE.yaml] [--key value ...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "`onereason <command> --help` lists that command's options."]
+    lines += ["", "`onereason <command> --help` lists that command's options; --debug shows tracebacks."]
     return "\n".join(lines)
+
+
+def run_command(name: str, func, argv: list[str], debug: bool = False) -> int:
+    """Call a command's `main(argv)` and turn how it ended into an exit code.
+
+    The one error path of the CLI: an expected exception becomes one line on stderr
+    (`onereason.errors.describe`); SystemExit keeps its code (argparse: 2), and a message
+    given to SystemExit is a config or usage error (2). With `debug` exceptions propagate.
+    """
+    from onereason.errors import describe, one_line
+
+    try:
+        return int(func(argv) or 0)
+    except SystemExit as err:
+        if err.code is None or isinstance(err.code, int):
+            return int(err.code or 0)
+        if debug:
+            raise
+        text = one_line(str(err.code))
+        print(text if text.startswith("error") else f"error: {name}: {text}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"error: {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        code, line, _ = describe(err, name)
+        print(line, file=sys.stderr)
+        return code
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0
@@ -59,17 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"onereason: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(
+            f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} (onereason --help)",
+            file=sys.stderr,
+        )
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        )
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
+    saved = sys.argv
     sys.argv = [f"onereason {name}", *rest]
-    result = func(rest)
-    return int(result or 0)
+    try:
+        return run_command(name, func, rest, debug)
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

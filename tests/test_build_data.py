@@ -12,7 +12,7 @@ import yaml
 from helpers import shared_data
 
 from data_builders.build import main
-from data_builders.sources.common import INTERACTION_SCHEMA
+from data_builders.sources.common import INTERACTION_SCHEMA, DataError
 from data_builders.splits import SPLIT_SCHEMA
 
 
@@ -75,6 +75,7 @@ def test_rerun_gives_byte_identical_files(tmp_path):
     run(tmp_path, config)
     assert digest(tmp_path / "out") == first
     assert set(first) == {
+        ".onereason-output",  # the marker: this folder may be replaced by the next run
         "interactions.parquet",
         "items.parquet",
         "truth.parquet",  # synthetic ground truth, for build-tasks
@@ -142,19 +143,19 @@ def test_every_dropped_row_is_counted_in_stats(tmp_path):
 
 def test_strict_mode_fails_naming_the_row(tmp_path):
     config = _messy_csv(tmp_path)
-    with pytest.raises(SystemExit, match=r"non utf8 row at .*log.csv:12: invalid start byte"):
+    with pytest.raises(DataError, match=r"non utf8 row at .*log.csv:12: invalid start byte"):
         run(tmp_path, config, "--strict", "true")
     assert not (tmp_path / "out").exists()
 
 
 def test_empty_result_and_missing_input_are_clear_errors(tmp_path):
     config = _messy_csv(tmp_path)
-    with pytest.raises(SystemExit, match=r"no interactions left after the event filter"):
+    with pytest.raises(DataError, match=r"no interactions left after the event filter"):
         run(tmp_path, config, "--min_rating", "6")
     config["source_options"]["interactions"] = str(tmp_path / "absent.csv")
-    with pytest.raises(SystemExit, match=r"interactions file not found: .*absent.csv"):
+    with pytest.raises(DataError, match=r"interactions file not found: .*absent.csv"):
         run(tmp_path, config)
-    with pytest.raises(SystemExit, match="ships no split of its own"):
+    with pytest.raises(DataError, match="ships no split of its own"):
         run(tmp_path, _messy_csv(tmp_path), "--split", "given")
 
 

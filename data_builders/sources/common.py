@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_builders.text import normalize_list_field, normalize_text
+from onereason.errors import InputError
 
 INTERACTION_SCHEMA = pa.schema(
     [
@@ -40,8 +41,8 @@ TEXT_COLUMNS = ("title", "description", "brand")
 BAD_INPUT_REASONS = frozenset({"malformed_row", "non_utf8_row", "unknown_item", "missing_value"})
 
 
-class DataError(ValueError):
-    """Input that cannot be loaded as asked; the message names the file, row or field."""
+class DataError(InputError):
+    """Input that cannot be loaded as asked; the message names the file, row or field (exit code 1)."""
 
 
 @dataclass
@@ -202,16 +203,50 @@ def drop_null_keys(df: pl.DataFrame, drops: DropCounter, where: str) -> pl.DataF
     keys = [c for c in ("user_id", "item_id", "timestamp") if c in df.columns]
     bad = df.select(pl.any_horizontal([pl.col(c).is_null() for c in keys]).sum()).item()
     if bad:
-        first = df.with_row_index("_row").filter(pl.any_horizontal([pl.col(c).is_null() for c in keys]))[
-            "_row"
-        ][0]
+        first = (
+            df.with_row_index("_row")
+            .filter(pl.any_horizontal([pl.col(c).is_null() for c in keys]))
+            .row(0, named=True)
+        )
+        lacking = " and ".join(c.replace("_id", "") for c in keys if first[c] is None)
         drops.add(
             "malformed_row",
             n=bad,
-            where=f"{where}: row {first + 1} (first of {bad}) lacks user, item or timestamp",
+            where=f"{where}: row {first['_row'] + 1} (first of {bad}) has no valid {lacking}",
         )
         df = df.drop_nulls(keys)
     return df
+
+
+# Seconds since the epoch beyond this (about year 5138) are not a timestamp in seconds:
+# they are milliseconds or finer read with the wrong unit, or garbage.
+MAX_SECONDS = 10**11
+
+
+def seconds_column(values: pl.Expr, scale: int = 1) -> pl.Expr:
+    """Numbers (or numeric strings) divided by `scale` -> int64 seconds; NaN, inf, junk and
+    values that cannot be seconds (beyond `MAX_SECONDS`) become null, to be counted as malformed."""
+    x = values.cast(pl.Float64, strict=False) / scale
+    ok = x.is_finite() & (x.abs() < MAX_SECONDS)
+    return pl.when(ok).then(x.floor()).otherwise(None).cast(pl.Int64)
+
+
+def check_text_encoding(raw: bytes, path: Path) -> None:
+    """A clear error for UTF-16/32 files (byte-order mark or NUL bytes) read as UTF-8."""
+    boms = {
+        b"\xff\xfe\x00\x00": "UTF-32",
+        b"\x00\x00\xfe\xff": "UTF-32",
+        b"\xff\xfe": "UTF-16",
+        b"\xfe\xff": "UTF-16",
+    }
+    name = next((n for bom, n in boms.items() if raw.startswith(bom)), "")
+    if not name and b"\x00" in raw[:4096]:
+        name = "UTF-16"
+    if name:
+        raise DataError(
+            f"{path}: the file is {name}, not UTF-8; save it as UTF-8 or set encoding: {name.lower()} "
+            "in source_options"
+        )
 
 
 def items_table(records: list[dict[str, Any]] | pl.DataFrame) -> pa.Table:

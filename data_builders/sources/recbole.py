@@ -21,6 +21,7 @@ from data_builders.sources.common import (
     items_from_ids,
     items_table,
     iter_lines,
+    seconds_column,
 )
 
 TITLE_FIELDS = ("title", "movie_title", "item_name", "name")
@@ -90,9 +91,8 @@ def load_recbole(
         schema={"user_id": pl.String, "item_id": pl.String},
     )
     if time_field in names:
-        df = df.with_columns(
-            pl.Series("timestamp", columns[time_field]).cast(pl.Float64, strict=False).floor().cast(pl.Int64)
-        )
+        # NaN, inf and junk become null and are counted as malformed rows below.
+        df = df.with_columns(seconds_column(pl.Series("timestamp", columns[time_field])).alias("timestamp"))
     else:  # order-only logs: the row position is the timestamp
         df = df.with_row_index("timestamp").with_columns(pl.col("timestamp").cast(pl.Int64))
     if rating_field in names:

@@ -26,13 +26,16 @@ from data_builders.sources.common import (
     DataError,
     DropCounter,
     Loaded,
+    check_text_encoding,
     drop_null_keys,
     interactions_table,
     items_from_ids,
     items_table,
     iter_json_lines,
     open_binary,
+    read_json_file,
     require_file,
+    seconds_column,
 )
 
 TIMESTAMP_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
@@ -83,6 +86,7 @@ def read_csv(
     with open_binary(path) as f:
         raw = f.read()
     if encoding.lower().replace("-", "") in ("utf8", "utf_8"):
+        check_text_encoding(raw, path)
         raw = _valid_utf8_bytes(raw, path, drops)
         encoding = "utf8"
     bad_rows = []
@@ -127,11 +131,29 @@ def read_frame(
             return pl.read_parquet(path)
         except Exception as err:  # polars raises several error types for a bad file
             raise DataError(f"{path}: cannot read as Parquet: {err}") from err
-    records = [record for _, record in iter_json_lines(path, drops)]
+    records = _json_array(path)
+    if records is None:
+        records = [record for _, record in iter_json_lines(path, drops)]
     try:
         return pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
     except Exception as err:  # mixed types in one field: polars says which
         raise DataError(f"{path}: cannot make a table of its JSON lines: {err}") from err
+
+
+def _json_array(path: Path) -> list[dict] | None:
+    """The records of a file holding one JSON array of objects; None for JSON lines."""
+    with open_binary(path) as f:
+        head = f.read(4096)
+    check_text_encoding(head, path)
+    if not head.lstrip().startswith(b"["):
+        return None
+    data = read_json_file(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of objects or JSON lines")
+    bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise DataError(f"{path}: element {bad} of the JSON array is not an object: {str(data[bad])[:60]!r}")
+    return data
 
 
 def _rename(df: pl.DataFrame, mapping: dict[str, str], path: Path, required: list[str]) -> pl.DataFrame:
@@ -161,8 +183,8 @@ def convert_timestamp(df: pl.DataFrame, unit: str, path: Path) -> pl.DataFrame:
         return df.with_columns(parsed.alias("timestamp"))
     if unit not in TIMESTAMP_UNITS:
         raise DataError(f"timestamp_unit: unknown unit {unit!r}; choose s, ms, us, ns, datetime or order")
-    seconds = col.cast(pl.Float64, strict=False) / TIMESTAMP_UNITS[unit]
-    return df.with_columns(seconds.floor().cast(pl.Int64).alias("timestamp"))
+    # NaN, inf, junk and values too large for the unit become null: counted as malformed rows.
+    return df.with_columns(seconds_column(col, TIMESTAMP_UNITS[unit]).alias("timestamp"))
 
 
 def load_tabular(
