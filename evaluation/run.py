@@ -36,6 +36,18 @@ from evaluation.protocols import (
     read_split,
 )
 from evaluation.report import RunResult, write_report
+from onereason.consistency import (
+    SafetyArguments,
+    check_collisions,
+    check_model_path,
+    check_unknown,
+    check_vocabulary,
+    is_local_model,
+    load_index,
+    require_path,
+)
+from onereason.errors import InputError, UsageError
+from onereason.io import check_output_dir, make_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +175,43 @@ def run_baselines(
     return out, None
 
 
-def evaluate(cfg: EvalConfig, decoding: DecodingConfig) -> dict:
+def preflight(cfg: EvalConfig, safety: SafetyArguments) -> None:
+    """Cheap checks before any model loads: model folders, data, item index, vocabularies, out_dir."""
+    if not cfg.models and not cfg.baselines:
+        raise UsageError("nothing to evaluate: give --models and/or --baselines")
+    for model in cfg.models:
+        check_model_path(model, "models")
+    require_path(
+        cfg.data_path or None, "data_path", hint="a task dataset, split folder, .parquet split or .csv"
+    )
+    if cfg.train_split:
+        require_path(cfg.train_split, "train_split", "file")
+    if not cfg.item_index and not cfg.models:
+        raise UsageError("item_index is not set (with no --models there is no model folder to take it from)")
+    indexes = {}
+    for model in cfg.models or [""]:
+        path = cfg.item_index or str(Path(model) / "item_index.json")
+        if not Path(path).is_file() and not cfg.item_index and not is_local_model(model):
+            continue  # a Hub model: its index is fetched with it
+        if path not in indexes:
+            if not cfg.item_index and not Path(path).is_file():
+                raise InputError(f"models: {model} has no item_index.json; pass --item_index <path to it>")
+            indexes[path] = load_index(path)
+            check_collisions(indexes[path], f"item index {path}", safety.allow_unknown)
+        if model and is_local_model(model):
+            check_vocabulary(
+                model, indexes[path], "models",
+                "evaluate a model trained with this index (after the align stage), or pass its --item_index",
+            )  # fmt: skip
+    inputs = [*[m for m in cfg.models if is_local_model(m)], cfg.data_path, cfg.item_index, cfg.train_split]
+    check_output_dir(cfg.out_dir, inputs=inputs, overwrite=safety.overwrite, replaces=False)
+
+
+def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments | None = None) -> dict:
     """The whole `onereason eval` run; returns the report object."""
     from onereason.modeling import load_model_and_tokenizer
+
+    safety = safety or SafetyArguments()
 
     if not cfg.models and not cfg.baselines:
         raise ValueError("nothing to evaluate: give models and/or baselines")
@@ -176,6 +222,10 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig) -> dict:
     )
     examples, kind = load_examples(cfg, index)
     examples, drops = check_targets(examples, index)
+    check_unknown(
+        "users (every target item)", drops["unknown_target_users"], len(examples) + drops["unknown_target_users"],
+        f"data_path {cfg.data_path} vs item index", (), safety.allow_unknown, safety.max_unknown_share,
+    )  # fmt: skip
     if cfg.max_examples:
         examples = examples[: cfg.max_examples]
     if not examples:
@@ -227,8 +277,12 @@ def _default_device() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from onereason.configs import parse_config
 
-    cfg, decoding = parse_config([EvalConfig, DecodingArgs], argv, prog="onereason eval")
-    report = evaluate(cfg, decoding)
+    cfg, decoding, safety = parse_config(
+        [EvalConfig, DecodingArgs, SafetyArguments], argv, prog="onereason eval"
+    )
+    preflight(cfg, safety)
+    make_output_dir(cfg.out_dir, overwrite=True, replaces=False)
+    report = evaluate(cfg, decoding, safety)
     if report:
         print((Path(cfg.out_dir) / "report.md").read_text())
     return 0

@@ -33,6 +33,16 @@ class InitModelConfig:
         default=None, metadata={"help": "BPE vocabulary size (default: the preset's)."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for the model's initial weights."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Write into output_dir even when onereason did not create it (never an input)."},
+    )
+
+    def __post_init__(self):
+        if self.preset not in SIZE_PRESETS:
+            raise ValueError(
+                f"preset: unknown size preset {self.preset!r}; choose one of {sorted(SIZE_PRESETS)}"
+            )
 
 
 def corpus_from_items(items_path: str | Path) -> list[str]:
@@ -81,7 +91,27 @@ def prompt_corpus() -> list[str]:
     return texts
 
 
+def check_inputs(config: InitModelConfig) -> None:
+    """Input files exist and the item index loads; the output folder is new, empty or ours."""
+    from onereason.consistency import load_index, require_path
+    from onereason.io import check_output_dir
+
+    if config.items_path:
+        require_path(config.items_path, "items_path", "file", "run `onereason build-data` first")
+    for path in config.corpus_files or []:
+        require_path(path, "corpus_files", "file")
+    if config.item_index:
+        load_index(config.item_index)
+    inputs = [config.items_path, config.item_index, *(config.corpus_files or [])]
+    check_output_dir(
+        config.output_dir, inputs=inputs, overwrite=config.overwrite, what="output_dir", replaces=False
+    )
+
+
 def build(config: InitModelConfig) -> Path:
+    from onereason.io import make_output_dir
+
+    check_inputs(config)
     corpus = prompt_corpus() * 20
     if config.items_path:
         corpus += corpus_from_items(config.items_path)
@@ -94,6 +124,7 @@ def build(config: InitModelConfig) -> Path:
 
         index = ItemIndex.load(config.item_index)
         itemic_tokens = index.itemic_tokens()
+    make_output_dir(config.output_dir, overwrite=True, what="output_dir", replaces=False)
     out = init_model(config.output_dir, corpus, config.preset, itemic_tokens, config.seed, config.vocab_size)
     if index is not None:
         index.save(out / "item_index.json")

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from onereason.configs import parse_config
-from onereason.io import atomic_dir, read_json
+from onereason.consistency import check_model_path, check_vocabulary, load_index, require_path
+from onereason.errors import InputError
+from onereason.io import MARKER, atomic_dir, check_output_dir, read_json
 from onereason.stages.common import HISTORY_FILE, ITEM_INDEX_FILE, read_history
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ class PushArguments:
     private: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
     license: str = field(default="apache-2.0", metadata={"help": "License identifier for the card metadata."})
     commit_message: str = field(default="Upload onereason model", metadata={"help": "Hub commit message."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace output_dir even when onereason did not write it (never an input folder)."},
+    )
 
     def __post_init__(self):
         if not self.dry_run and not self.repo_id:
@@ -194,29 +200,30 @@ For valid SIDs only, generate with `onereason.trie.SIDTrie` (constrained decodin
 
 def write_hub_folder(args: PushArguments) -> Path:
     """Write the Hub-ready folder; returns its path."""
-    from onereason.item_index import ItemIndex
     from onereason.modeling import load_model_and_tokenizer
 
+    # Cheap checks first: folders, index, report, vocabulary vs index, output folder.
+    check_model_path(args.model_path, "model_path")
     model_path = Path(args.model_path)
-    if not (model_path / "config.json").is_file():
-        raise FileNotFoundError(f"model_path {str(model_path)!r} is not a model folder (no config.json)")
     index_path = Path(args.item_index) if args.item_index else model_path / ITEM_INDEX_FILE
-    if not index_path.is_file():
-        raise FileNotFoundError(
-            f"{index_path} does not exist: the model needs its item index (pass --item_index)"
+    if not args.item_index and not index_path.is_file():
+        raise InputError(
+            f"model_path {model_path} has no {ITEM_INDEX_FILE}: the model needs its item index (pass --item_index)"
         )
-    index = ItemIndex.load(index_path)
-    if args.report and not Path(args.report).is_file():
-        raise FileNotFoundError(f"report {args.report!r} does not exist")
+    index = load_index(index_path)
+    if args.report:
+        require_path(args.report, "report", "file", "pass the report.json written by `onereason eval`")
+        read_json(args.report)  # a broken file fails here, naming it
+    check_vocabulary(
+        model_path, index, "model_path", "push the model trained with this index, or pass its --item_index"
+    )
+    out = Path(args.output_dir) if args.output_dir else model_path.with_name(f"{model_path.name}-hub")
+    check_output_dir(
+        out, inputs=[model_path, args.item_index, args.report], overwrite=args.overwrite, what="output_dir"
+    )
     # Loading, not copying, proves the folder is complete and rewrites it as safetensors.
     model, tokenizer = load_model_and_tokenizer(model_path, dtype="auto")
-    missing = [t for t in index.itemic_tokens() if t not in tokenizer.get_vocab()]
-    if missing:
-        raise ValueError(
-            f"the tokenizer in {model_path} lacks {len(missing)} itemic tokens of {index_path}, e.g. {missing[:3]}"
-        )
     history = read_history(model_path)
-    out = Path(args.output_dir) if args.output_dir else model_path.with_name(f"{model_path.name}-hub")
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)  # weights, config.json, generation_config.json
         tokenizer.save_pretrained(tmp)
@@ -236,7 +243,10 @@ def upload(folder: Path, args: PushArguments) -> str:
     api = HfApi()
     api.create_repo(args.repo_id, private=args.private, exist_ok=True)
     info = api.upload_folder(
-        repo_id=args.repo_id, folder_path=str(folder), commit_message=args.commit_message
+        repo_id=args.repo_id,
+        folder_path=str(folder),
+        commit_message=args.commit_message,
+        ignore_patterns=[MARKER],  # our local ownership marker is not part of the model
     )
     return str(info)
 
@@ -252,4 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from onereason.cli import run_command
+
+    raise SystemExit(run_command("push", main, sys.argv[1:]))

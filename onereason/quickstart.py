@@ -22,7 +22,7 @@ from pathlib import Path
 
 from onereason.cli import COMMANDS
 from onereason.configs import parse_config
-from onereason.io import atomic_write_json
+from onereason.io import atomic_write_json, make_output_dir
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "quickstart"
 DONE = ".onereason-step-done"
@@ -168,7 +168,9 @@ def run_step(command: str, argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     (config,) = parse_config([QuickstartConfig], argv)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The folder must be ours (or new, or empty); one from before markers is recognised by its step files.
+    legacy = out.is_dir() and any(out.glob(DONE.replace("step", "*")))
+    make_output_dir(out, overwrite=legacy, what="--out", replaces=False)
     plan = steps(out, Path(config.recipes))
     unknown = set(config.stages or ()) - {name for name, _, _ in plan}
     if unknown:

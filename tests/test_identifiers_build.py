@@ -88,14 +88,14 @@ def test_published_index_is_used_instead_of_building(items_path, tmp_path):
     assert stats["sids"]["published_index"].endswith("pub.json")
     missing = dict(list(published.items())[:-1])
     (tmp_path / "short.json").write_text(json.dumps(missing))
-    with pytest.raises(SystemExit, match="lacks 1 item"):
+    with pytest.raises(ValueError, match="lacks 1 item"):
         run(items_path, tmp_path / "out2", "--published_index", str(tmp_path / "short.json"))
 
 
 def test_duplicate_item_ids_are_an_error_naming_them(tmp_path):
     table = pa.table({"item_id": ["a", "b", "a"], "title": ["x", "y", "z"]})
     pq.write_table(table, tmp_path / "items.parquet")
-    with pytest.raises(SystemExit, match="duplicate item_id.*'a'"):
+    with pytest.raises(ValueError, match="duplicate item_id.*'a'"):
         main(["--items_path", str(tmp_path), "--out_dir", str(tmp_path / "out")])
 
 
@@ -107,7 +107,7 @@ def test_empty_text_items_are_counted_and_still_get_text():
 
 
 def test_missing_items_file_and_bad_choices_are_clear(tmp_path):
-    with pytest.raises(SystemExit, match="items table not found"):
+    with pytest.raises(FileNotFoundError, match="items table not found"):
         main(["--items_path", str(tmp_path / "nope.parquet"), "--out_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="quantizer"):
         BuildIdsConfig(quantizer="kmeans++")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from train_fixtures import ITEM_IDS, make_index
 
+from onereason.errors import InputError
 from onereason.push import main as push_main
 from onereason.stages.common import HISTORY_FILE, ITEM_INDEX_FILE
 
@@ -102,5 +103,5 @@ def test_push_without_repo_or_index_fails_clearly(trained, tmp_path):
     with pytest.raises(SystemExit, match="repo_id is required"):
         push_main(["--model_path", str(folder)])
     (folder / ITEM_INDEX_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match="needs its item index"):
+    with pytest.raises(InputError, match="needs its item index"):
         push_main(["--model_path", str(folder), "--dry_run", "true"])

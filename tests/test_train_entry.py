@@ -115,10 +115,16 @@ def test_align_phases_are_checked_at_parse_time(tmp_path):
         parse_stage_config(["--config", config])
 
 
-def test_cli_train_reaches_the_stage_and_names_the_missing_dataset(tmp_path):
+def test_cli_train_names_the_missing_model_then_the_missing_dataset(tmp_path, make_tiny_model, capsys):
     from onereason.cli import main
 
     config = write_recipe(tmp_path, output_dir=str(tmp_path / "out"), max_steps=1)
-    # Parsing passes; the stage then reports the missing dataset before touching the model.
-    with pytest.raises(FileNotFoundError, match="dataset_path '/nonexistent/tasks' does not exist"):
-        main(["train", "--config", config])
+    # Parsing passes; the preflight reports the missing model in one line, before loading anything.
+    assert main(["train", "--config", config]) == 1
+    err = capsys.readouterr().err
+    assert f"model_name_or_path {NO_MODEL} does not exist" in err and "Traceback" not in err
+    model = make_tiny_model()
+    assert main(["train", "--config", config, "--model_name_or_path", str(model)]) == 1
+    err = capsys.readouterr().err
+    assert "dataset_path /nonexistent/tasks does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

