@@ -36,6 +36,7 @@ from evaluation.protocols import (
     read_split,
 )
 from evaluation.report import RunResult, write_report
+from onereason.configs import prefer
 from onereason.consistency import (
     SafetyArguments,
     check_collisions,
@@ -95,8 +96,13 @@ class EvalConfig:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
-        if self.compare:
-            self.modes = ["no_think", "think"]
+        if self.compare and sorted(self.modes) != ["no_think", "think"]:
+            # `compare` means both modes; an explicit `modes` beats a recipe's `compare`, and vice versa.
+            clash = f"--compare true --modes {' '.join(self.modes)}"
+            if prefer((self, "compare"), (self, "modes"), clash) == "compare":
+                self.modes = ["no_think", "think"]
+            else:
+                self.compare = False
         bad = [m for m in self.modes if m not in ("think", "no_think")]
         if bad:
             raise ValueError(f"modes must be think and/or no_think, got {bad}")

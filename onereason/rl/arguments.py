@@ -1,12 +1,19 @@
-"""What the GRPO and PPO stages share: their recipe fields and how rows, rewards and the trie are set up."""
+"""What the GRPO and PPO stages share: their recipe fields and one trainer builder.
+
+`build_rl_trainer` is the whole set-up of an RL stage (reward weights settled, rows kept,
+policy loaded, item index and trie, rewards bound, the constrained trainer built); the
+stage modules add only what is theirs (PPO's critic settings, what a finished run saves).
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 
+from onereason.configs import prefer
 from onereason.rewards import RewardContext, build_rewards, parse_reward_specs
 
 logger = logging.getLogger(__name__)
@@ -90,6 +97,70 @@ def build_trie(index, tokenizer):
 def rewards_for(args: RLArguments, index, tokenizer):
     """(`reward_funcs`, `reward_weights`) bound to the item index and tokenizer."""
     return build_rewards(args.rewards, RewardContext(item_index=index, tokenizer=tokenizer))
+
+
+def reward_weights(rl_args: RLArguments, training_args: Any) -> list[float]:
+    """The weights of the rewards: each `rewards:` entry's, or TRL's `reward_weights` when stated more explicitly.
+
+    The two say the same thing twice; equally explicit ones that disagree are an error naming both.
+    """
+    specs = parse_reward_specs(rl_args.rewards)
+    weights = [spec.weight for spec in specs]
+    given = getattr(training_args, "reward_weights", None)
+    if given is None or [float(w) for w in given] == weights:
+        return weights
+    clash = "--reward_weights {} --rewards {}".format(
+        " ".join(f"{float(w):g}" for w in given), " ".join(f"{s.name}:{s.weight:g}" for s in specs)
+    )
+    if prefer((training_args, "reward_weights"), (rl_args, "rewards"), clash) == "rewards":
+        return weights
+    if len(given) != len(specs):
+        raise ValueError(f"reward_weights: {len(given)} weights for {len(specs)} rewards ({clash})")
+    return [float(w) for w in given]
+
+
+def build_rl_trainer(trainer_class, model_args, data_args, rl_args: RLArguments, training_args, **extra):
+    """(trainer, tokenizer, item index, train rows) of a GRPO or PPO stage, ready to `train()`."""
+    from onereason.stages.common import (
+        check_itemic_tokens,
+        load_policy,
+        load_task_dataset,
+        resolve_item_index,
+    )
+
+    weights = reward_weights(rl_args, training_args)  # settled before anything loads
+    train = rl_rows(load_task_dataset(data_args, "train", seed=training_args.seed), rl_args)
+    model, tokenizer = load_policy(model_args, training_args)
+    index = resolve_item_index(data_args, model_args.model_name_or_path)
+    check_itemic_tokens(tokenizer, index)
+    reward_funcs, _ = rewards_for(rl_args, index, tokenizer)
+    training_args.reward_weights = weights
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        trie=build_trie(index, tokenizer),
+        **trainer_extras(rl_args, index, tokenizer),
+        **extra,
+    )
+    return trainer, tokenizer, index, train
+
+
+def run_record(stage: str, model_args, data_args, rl_args: RLArguments, training_args, train) -> dict:
+    """The history line of a finished RL run (`onereason push` turns it into the model card)."""
+    return {
+        "stage": stage,
+        "model": model_args.model_name_or_path,
+        "dataset": data_args.dataset_path,
+        "domains": rl_args.domains,
+        "rewards": [r if isinstance(r, str) else dict(r) for r in rl_args.rewards],
+        "decoding": rl_args.decoding,
+        "train_rows": len(train),
+        "learning_rate": training_args.learning_rate,
+        "max_steps": training_args.max_steps,
+    }
 
 
 def trainer_extras(args: RLArguments, index, tokenizer) -> dict:

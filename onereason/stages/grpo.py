@@ -14,16 +14,8 @@ from dataclasses import dataclass
 
 from trl import GRPOConfig, ModelConfig
 
-from onereason.rl.arguments import RLArguments, build_trie, rewards_for, rl_rows, trainer_extras
-from onereason.stages.common import (
-    DataArguments,
-    check_itemic_tokens,
-    finish_run,
-    load_policy,
-    load_task_dataset,
-    resolve_item_index,
-    resume_checkpoint,
-)
+from onereason.rl.arguments import RLArguments, build_rl_trainer, run_record
+from onereason.stages.common import DataArguments, finish_run, resume_checkpoint
 
 
 @dataclass
@@ -42,32 +34,10 @@ def run(
 ):
     from onereason.rl.grpo_trainer import ConstrainedGRPOTrainer
 
-    train = rl_rows(load_task_dataset(data_args, "train", seed=training_args.seed), rl_args)
-    model, tokenizer = load_policy(model_args, training_args)
-    index = resolve_item_index(data_args, model_args.model_name_or_path)
-    check_itemic_tokens(tokenizer, index)
-    reward_funcs, weights = rewards_for(rl_args, index, tokenizer)
-    training_args.reward_weights = weights
-    trainer = ConstrainedGRPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        trie=build_trie(index, tokenizer),
-        **trainer_extras(rl_args, index, tokenizer),
+    trainer, tokenizer, index, train = build_rl_trainer(
+        ConstrainedGRPOTrainer, model_args, data_args, rl_args, training_args
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    record = {
-        "stage": "grpo",
-        "model": model_args.model_name_or_path,
-        "dataset": data_args.dataset_path,
-        "domains": rl_args.domains,
-        "rewards": [r if isinstance(r, str) else dict(r) for r in rl_args.rewards],
-        "decoding": rl_args.decoding,
-        "train_rows": len(train),
-        "learning_rate": training_args.learning_rate,
-        "max_steps": training_args.max_steps,
-    }
+    record = run_record("grpo", model_args, data_args, rl_args, training_args, train)
     finish_run(trainer, tokenizer, index, training_args.output_dir, record=record)
     return trainer

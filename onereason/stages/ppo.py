@@ -16,16 +16,8 @@ from pathlib import Path
 import torch
 from trl import GRPOConfig, ModelConfig
 
-from onereason.rl.arguments import RLArguments, build_trie, rewards_for, rl_rows, trainer_extras
-from onereason.stages.common import (
-    DataArguments,
-    check_itemic_tokens,
-    finish_run,
-    load_policy,
-    load_task_dataset,
-    resolve_item_index,
-    resume_checkpoint,
-)
+from onereason.rl.arguments import RLArguments, build_rl_trainer, run_record
+from onereason.stages.common import DataArguments, finish_run, resume_checkpoint
 
 VALUE_HEAD_FILE = "value_head.pt"
 
@@ -62,25 +54,17 @@ def run(
 ):
     from onereason.rl.ppo_trainer import VALUE_HEAD_ATTR, ConstrainedPPOTrainer
 
-    train = rl_rows(load_task_dataset(data_args, "train", seed=training_args.seed), rl_args)
-    model, tokenizer = load_policy(model_args, training_args)
-    index = resolve_item_index(data_args, model_args.model_name_or_path)
-    check_itemic_tokens(tokenizer, index)
-    reward_funcs, weights = rewards_for(rl_args, index, tokenizer)
-    training_args.reward_weights = weights
-    trainer = ConstrainedPPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train,
-        processing_class=tokenizer,
-        trie=build_trie(index, tokenizer),
+    trainer, tokenizer, index, train = build_rl_trainer(
+        ConstrainedPPOTrainer,
+        model_args,
+        data_args,
+        rl_args,
+        training_args,
         gamma=ppo_args.gamma,
         lam=ppo_args.lam,
         vf_coef=ppo_args.vf_coef,
         cliprange_value=ppo_args.cliprange_value,
         whiten_advantages=ppo_args.whiten_advantages,
-        **trainer_extras(rl_args, index, tokenizer),
     )
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     # Keep the model folder a plain causal LM: the critic is saved on its own.
@@ -89,14 +73,7 @@ def run(
     head = getattr(base, VALUE_HEAD_ATTR)
     delattr(base, VALUE_HEAD_ATTR)
     record = {
-        "stage": "ppo",
-        "model": model_args.model_name_or_path,
-        "dataset": data_args.dataset_path,
-        "domains": rl_args.domains,
-        "rewards": [r if isinstance(r, str) else dict(r) for r in rl_args.rewards],
-        "train_rows": len(train),
-        "learning_rate": training_args.learning_rate,
-        "max_steps": training_args.max_steps,
+        **run_record("ppo", model_args, data_args, rl_args, training_args, train),
         "gamma": ppo_args.gamma,
         "lam": ppo_args.lam,
         "vf_coef": ppo_args.vf_coef,
