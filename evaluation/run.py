@@ -36,7 +36,6 @@ from evaluation.protocols import (
     read_split,
 )
 from evaluation.report import RunResult, write_report
-from onereason.configs import prefer
 from onereason.consistency import (
     SafetyArguments,
     check_collisions,
@@ -96,13 +95,8 @@ class EvalConfig:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
-        if self.compare and sorted(self.modes) != ["no_think", "think"]:
-            # `compare` means both modes; an explicit `modes` beats a recipe's `compare`, and vice versa.
-            clash = f"--compare true --modes {' '.join(self.modes)}"
-            if prefer((self, "compare"), (self, "modes"), clash) == "compare":
-                self.modes = ["no_think", "think"]
-            else:
-                self.compare = False
+        if self.compare:
+            self.modes = ["no_think", "think"]
         bad = [m for m in self.modes if m not in ("think", "no_think")]
         if bad:
             raise ValueError(f"modes must be think and/or no_think, got {bad}")
@@ -237,6 +231,7 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
     if not examples:
         raise ValueError(f"{cfg.data_path}: no example has a target in the item index (drops: {drops})")
     logger.info("%d examples from %s (%s); drops %s", len(examples), cfg.data_path, kind, drops)
+    make_output_dir(out, overwrite=True, replaces=False)  # checked by `preflight`; made once inputs pass
     results: list[RunResult] = []
     names = cfg.names or [Path(m).name or m for m in cfg.models]
     for model_path, name in zip(cfg.models, names):
@@ -287,7 +282,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         [EvalConfig, DecodingArgs, SafetyArguments], argv, prog="onereason eval"
     )
     preflight(cfg, safety)
-    make_output_dir(cfg.out_dir, overwrite=True, replaces=False)
     report = evaluate(cfg, decoding, safety)
     if report:
         print((Path(cfg.out_dir) / "report.md").read_text())

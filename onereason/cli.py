@@ -14,8 +14,10 @@ do, with exit code 2 for a bad command line or config and 1 for bad data or a ba
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
+import os
 import sys
 
 # name -> (module:function, one-line summary). Imports are lazy so `--help` is instant.
@@ -60,7 +62,9 @@ def run_command(name: str, func, argv: list[str], debug: bool = False) -> int:
     """
     from onereason.errors import describe, one_line
 
+    line = None
     try:
+        check_config_file(argv)
         return int(func(argv) or 0)
     except SystemExit as err:
         if err.code is None or isinstance(err.code, int):
@@ -68,19 +72,45 @@ def run_command(name: str, func, argv: list[str], debug: bool = False) -> int:
         if debug:
             raise
         text = one_line(str(err.code))
-        print(text if text.startswith("error") else f"error: {name}: {text}", file=sys.stderr)
-        return 2
+        code, line = 2, text if text.startswith("error") else f"error: {name}: {text}"
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"error: {name}: interrupted", file=sys.stderr)
-        return 130
+        code, line = 130, f"error: {name}: interrupted"
     except Exception as err:
         if debug:
             raise
         code, line, _ = describe(err, name)
-        print(line, file=sys.stderr)
-        return code
+    # The exception (and the objects its frames held) is gone now: let progress bars and the
+    # like close and print before the error line, so the error is the last line on stderr.
+    gc.collect()
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    return code
+
+
+def check_config_file(argv: list[str]) -> None:
+    """`--config FILE`: the file must exist and be valid YAML (a usage error, exit code 2, otherwise)."""
+    from onereason.errors import UsageError, describe
+
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "not found"
+        raise UsageError(f"config file {what}: {path}")
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UsageError(describe(err, "")[1].removeprefix("error: ")) from None
 
 
 def main(argv: list[str] | None = None) -> int:

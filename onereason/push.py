@@ -213,7 +213,10 @@ def write_hub_folder(args: PushArguments) -> Path:
     index = load_index(index_path)
     if args.report:
         require_path(args.report, "report", "file", "pass the report.json written by `onereason eval`")
-        read_json(args.report)  # a broken file fails here, naming it
+        try:
+            read_json(args.report)  # a broken file fails here, naming it
+        except ValueError as err:
+            raise InputError(f"report {args.report} is not valid JSON ({err})") from None
     check_vocabulary(
         model_path, index, "model_path", "push the model trained with this index, or pass its --item_index"
     )
