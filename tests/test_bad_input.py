@@ -253,7 +253,7 @@ def _(t, w):
     return Setup(["build-data", "--source_options", "{path: ", "--out_dir", str(t / "out")], out=t / "out")
 
 
-@case("build-data:unknown loader option", 1, "source_options", "colums")
+@case("build-data:unknown loader option", 2, "source_options", "colums")
 def _(t, w):
     log = write(t / "log.csv", GOOD_LOG)
     return tabular(t, log, None, colums={"user_id": "u"})

@@ -18,6 +18,7 @@ import importlib
 from collections.abc import Callable
 
 from data_builders.sources.common import DataError, DropCounter, Loaded
+from onereason.errors import UsageError
 
 # name -> "module:function"; modules are imported on first use so a missing optional
 # dependency of one loader never breaks another.
@@ -80,7 +81,9 @@ def load_source(name: str, /, strict: bool = False, **options) -> Loaded:
         return loader(strict=strict, **options)
     except TypeError as err:
         if "unexpected keyword argument" in str(err):
-            raise DataError(f"source {name!r}: {err} (check source_options in the data YAML)") from err
+            raise UsageError(
+                f"source_options: {err} (the options of source {name!r} are its loader's arguments)"
+            ) from None
         raise
 
 
