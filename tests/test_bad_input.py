@@ -1139,8 +1139,10 @@ def test_bad_input(c: Case, tmp_path, world):
     assert not r.half_written, f"half-written output left: {r.half_written}"
 
 
-def test_sigterm_in_train_saves_a_checkpoint_and_exits(tmp_path, world):
-    """SIGTERM during training: a checkpoint at the end of the step, exit 143, no final model, inputs intact."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_in_train_saves_a_checkpoint_and_exits(signum, tmp_path, world):
+    """SIGTERM / SIGINT during training: a checkpoint at the end of the step, exit 128+signal,
+    one last line naming the checkpoint, no final model, inputs intact, no cache beside them."""
     import transformers.trainer as hf_trainer
 
     setup = train(tmp_path, world, max_steps=100000, save_steps=100000, logging_steps=100000)
@@ -1151,7 +1153,7 @@ def test_sigterm_in_train_saves_a_checkpoint_and_exits(tmp_path, world):
         while time.time() < deadline:
             if any(getattr(cb, "training", False) for cb in hf_trainer.DEFAULT_CALLBACKS):
                 time.sleep(0.2)
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signum)
                 return
             time.sleep(0.05)
 
@@ -1164,7 +1166,7 @@ def test_sigterm_in_train_saves_a_checkpoint_and_exits(tmp_path, world):
         code = main(setup.argv)
     sender.join()
     err = stderr.getvalue()
-    assert code == 128 + signal.SIGTERM, err[-2000:]
+    assert code == 128 + signum, err[-2000:]
     assert "Traceback" not in err
     checkpoints = sorted(setup.out.glob("checkpoint-*"))
     assert checkpoints and (checkpoints[-1] / "trainer_state.json").is_file()
@@ -1172,3 +1174,32 @@ def test_sigterm_in_train_saves_a_checkpoint_and_exits(tmp_path, world):
     assert not (setup.out / "model.safetensors").exists()  # not a finished model
     assert digest(setup.inputs) == before
     assert not list(Path(world.tasks()).rglob("cache-*.arrow"))  # caches never beside the input
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    from onereason.cli import main
+
+    log = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n")
+    setup = tabular(tmp_path, log)
+    assert main(setup.argv) == 1 and "Traceback" not in capsys.readouterr().err
+    with pytest.raises(Exception, match="no interactions"):
+        main([*setup.argv, "--debug"])
+
+
+def test_the_installed_command_ends_in_one_line(tmp_path):
+    """The real console script (a subprocess): exit code and one error line, no traceback."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("onereason")
+    if not script.exists():
+        pytest.skip("the onereason console script is not installed in this environment")
+    mine = write(tmp_path / "mine" / "keep.txt", "keep").parent
+    setup = tabular(tmp_path, write(tmp_path / "log.csv", GOOD_LOG), mine)
+    before = digest([mine])
+    done = subprocess.run([str(script), *setup.argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith(f"error: build-data: out_dir {mine} already exists")
+    )
+    assert digest([mine]) == before

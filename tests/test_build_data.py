@@ -139,6 +139,20 @@ def test_every_dropped_row_is_counted_in_stats(tmp_path):
         "item_without_interactions": 2
     }  # c (its only valid row had rating 2) and z
     assert stats["drop_examples"]["unknown_item"] and "ghost" in stats["drop_examples"]["unknown_item"][0]
+    # users / items / interactions before and after each filter, chained: one step's after is the next's before
+    steps = stats["filters"]
+    assert [f["step"] for f in steps][:2] == ["loaded", "the event filter"]
+    assert steps[0]["after"]["interactions"] == data_rows - 3  # the loader dropped 3 rows
+    for prev, step in zip(steps[1:-1], steps[2:-1]):
+        assert step["before"] == prev["after"]
+    assert steps[-2]["after"] == {
+        "users": stats["users"],
+        "items": stats["items"],
+        "interactions": stats["interactions"],
+    }
+    assert steps[-1]["after"] == {"catalogue_items": stats["items"]}
+    kept = {f["step"]: f["before"]["interactions"] - f["after"]["interactions"] for f in steps[1:-1]}
+    assert kept["the minimum history filter"] == stats["dropped"]["min_history"]
 
 
 def test_strict_mode_fails_naming_the_row(tmp_path):
