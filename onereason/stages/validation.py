@@ -1,0 +1,103 @@
+"""Validation by ranking during SFT: Hit@10 / NDCG@10 of constrained beam search.
+
+The token loss on validation rows says little about recommendation quality (a model can
+lower it on the boundary tokens while ranking worse). `RankingCallback` ranks a fixed
+subset of validation users at every evaluation with the same trie-constrained beam search
+as `onereason eval` (non-thinking mode: the prompt ends with the empty think block), and
+adds `eval_hit@10` and `eval_ndcg@10` to the evaluation metrics. Set
+`metric_for_best_model: eval_ndcg@10` with `load_best_model_at_end: true` and transformers
+keeps the best checkpoint; `early_stopping_patience` stops a run that no longer improves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import torch
+from transformers import TrainerCallback
+
+from onereason.item_index import ItemIndex
+from onereason.sid_beam import constrained_beam_search, left_padded
+from onereason.thinking import EMPTY_THINK, switch_mode
+from onereason.trie import SIDTrie
+
+
+def ranking_rows(valid: datasets.Dataset, n: int, seed: int = 0) -> list[dict]:
+    """A fixed sample of at most `n` non-thinking `rec_sid` validation rows (prompt, target items)."""
+    keep = valid.filter(
+        lambda task, mode: task == "rec_sid" and mode == "no_think", input_columns=["task", "mode"]
+    )
+    if len(keep) > n:
+        keep = keep.shuffle(seed=seed).select(range(n))
+    return [{"prompt": r["prompt"], "targets": r["target_items"]} for r in keep]
+
+
+@torch.no_grad()
+def rank_items(model, tokenizer, index: ItemIndex, trie: SIDTrie, rows, num_beams=20, batch_size=64):
+    """The ranked item list of every row: beams best first, each SID expanded to its items."""
+    empty = tokenizer.encode(EMPTY_THINK, add_special_tokens=False)
+    pad = tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        heads = [
+            tokenizer.apply_chat_template(
+                switch_mode(r["prompt"], "no_think"), add_generation_prompt=True, tokenize=False
+            )
+            for r in chunk
+        ]
+        heads = [tokenizer.encode(h, add_special_tokens=False) + empty for h in heads]
+        ids, mask = left_padded(heads, pad)
+        device = next(model.parameters()).device
+        seqs, scores = constrained_beam_search(model, ids.to(device), mask.to(device), trie, num_beams)
+        for b in range(len(chunk)):
+            items = []
+            for beam in range(num_beams):
+                if scores[b, beam] == -math.inf:
+                    continue
+                codes = index.parse(tokenizer.decode(seqs[b, beam][: trie.sid_length]))
+                if codes:
+                    items += index.items_for_sid(codes[0])
+            out.append(items)
+    model.train(was_training)
+    return out
+
+
+def hit_ndcg(ranked: list[list[str]], targets: list[list[str]], k: int = 10) -> tuple[float, float]:
+    hits, gains = 0.0, 0.0
+    for items, relevant in zip(ranked, targets):
+        for pos, item in enumerate(items[:k]):
+            if item in relevant:
+                hits += 1
+                gains += 1 / math.log2(pos + 2)
+                break
+    n = max(len(ranked), 1)
+    return hits / n, gains / n
+
+
+class RankingCallback(TrainerCallback):
+    """Adds `eval_hit@10` / `eval_ndcg@10` (constrained beam search) to every evaluation."""
+
+    def __init__(self, trainer, index: ItemIndex, rows: list[dict], num_beams: int = 20):
+        self.trainer = trainer
+        self.index = index
+        self.rows = rows
+        self.num_beams = num_beams
+        tok = trainer.processing_class
+        self.trie = SIDTrie.from_index(index, tok, eos_token_id=tok.eos_token_id)
+        self.history: list[dict] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics is None or not self.rows:
+            return
+        tok = self.trainer.processing_class
+        model = self.trainer.model
+        ranked = rank_items(model, tok, self.index, self.trie, self.rows, self.num_beams)
+        hit, ndcg = hit_ndcg(ranked, [r["targets"] for r in self.rows])
+        metrics["eval_hit@10"], metrics["eval_ndcg@10"] = hit, ndcg  # seen by best-model selection
+        point = {"step": state.global_step, "epoch": state.epoch, "eval_hit@10": hit, "eval_ndcg@10": ndcg}
+        self.history.append(point)
+        self.trainer.log({"eval_hit@10": hit, "eval_ndcg@10": ndcg})

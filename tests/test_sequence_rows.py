@@ -1,0 +1,154 @@
+"""Sequence-level rows: built for every window of a user's training sequence, the loss on every
+next item's SID and on nothing else, and SFT trains on them with validation by ranking."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from datasets import load_from_disk
+
+from data_builders.build import BuildDataConfig, build_data
+from data_builders.tasks.build import main as build_tasks_main
+from data_builders.tasks.recommendation import RecRow, sequence_window_ends
+from onereason.item_index import ItemIndex
+from onereason.sequence_loss import IGNORE_INDEX, tokenize_row
+
+MIXTURE = """
+seed: 0
+tasks:
+  - {task: rec_seq, mode: no_think, weight: 1.0}
+  - {task: rec_sid, mode: no_think, weight: 1.0}
+"""
+
+
+def rows_of(user: str, sequence: list[int], max_history: int) -> list[RecRow]:
+    """Leave-one-out train rows of one user: every prefix -> the next item, history capped."""
+    return [
+        RecRow(f"train:{user}:{j}", user, sequence[max(0, j - max_history) : j], [], [sequence[j]])
+        for j in range(1, len(sequence))
+    ]
+
+
+def test_window_ends_cover_every_next_item_once():
+    short = rows_of("a", list(range(5)), max_history=20)
+    long = rows_of("b", list(range(100, 150)), max_history=20)
+    ends = sequence_window_ends(short + long)
+    assert ends[: len(short)] == [False, False, False, True]  # one window: the whole sequence
+    chosen = [r for r, end in zip(long, ends[len(short) :]) if end]
+    covered = sorted(i for r in chosen for i in r.history[1:] + r.targets)
+    # Every item but the first appears as a next item exactly once (a window's first history
+    # item has no context; the window before it ends on it as its target).
+    assert covered == list(range(101, 150))
+
+
+@pytest.fixture(scope="module")
+def sequence_build(tmp_path_factory, make_tiny_model):
+    from test_tasks_build import synthetic_index
+
+    root = tmp_path_factory.mktemp("seq")
+    options = {"num_users": 60, "num_items": 120, "seed": 1}
+    build_data(BuildDataConfig(source="synthetic", source_options=options, out_dir=str(root / "data")))
+    index = synthetic_index(pq.read_table(root / "data" / "items.parquet"))
+    index.save(root / "item_index.json")
+    (root / "mixture.yaml").write_text(MIXTURE)
+    argv = ["--data_dir", str(root / "data"), "--item_index", str(root / "item_index.json")]
+    argv += ["--out_dir", str(root / "tasks"), "--mixture", str(root / "mixture.yaml")]
+    argv += ["--history_text", "none", "--system_prompt", "false", "--max_history", "8"]
+    assert build_tasks_main(argv) == 0
+    model = make_tiny_model(itemic_tokens=index.itemic_tokens())
+    return root, index, model
+
+
+def test_sequence_rows_only_train_one_per_window(sequence_build):
+    root, _, _ = sequence_build
+    ds = load_from_disk(str(root / "tasks"))
+    for split in ("validation", "test"):
+        assert "rec_seq" not in set(ds[split]["task"])
+    train = ds["train"]
+    seq = train.filter(lambda t: t == "rec_seq", input_columns="task")
+    per_target = train.filter(lambda t: t == "rec_sid", input_columns="task")
+    assert 0 < len(seq) < len(per_target)
+    assert len(set(seq["user_id"])) == len(set(per_target["user_id"]))  # every user has a window
+    # A sequence row is the per-target row of its window's last target, byte for byte.
+    by_key = {(r["user_id"], tuple(r["history_items"]), tuple(r["target_items"])): r for r in per_target}
+    for row in seq.select(range(20)):
+        twin = by_key[(row["user_id"], tuple(row["history_items"]), tuple(row["target_items"]))]
+        assert row["prompt"] == twin["prompt"] and row["completion"] == twin["completion"]
+    stats = json.loads((root / "tasks" / "stats.json").read_text())
+    assert any(k.startswith("train/rec_seq:inside_a_longer_window") for k in stats["ineligible"])
+
+
+def test_loss_is_on_every_next_sid_and_nothing_else(sequence_build):
+    from onereason.modeling import load_tokenizer
+
+    root, index, model = sequence_build
+    tok = load_tokenizer(model)
+    itemic = set(tok.convert_tokens_to_ids(index.itemic_tokens()))
+    train = load_from_disk(str(root / "tasks"))["train"]
+    rows = [r for r in train.select(range(200)) if r["task"] == "rec_seq" and len(r["history_items"]) >= 3]
+    assert rows
+    for row in rows[:10]:
+        out = tokenize_row(row, tok, itemic)
+        ids, labels = out["input_ids"], out["labels"]
+        assert len(ids) == len(labels)
+        # Token by token: a label is its input token on itemic tokens after the first SID, -100 elsewhere.
+        first_sid = index.sid_text(row["history_items"][0])
+        first_ids = tok.encode(first_sid, add_special_tokens=False)
+        start = next(p for p in range(len(ids)) if ids[p : p + len(first_ids)] == first_ids)
+        for pos, (tok_id, label) in enumerate(zip(ids, labels)):
+            if tok_id in itemic and pos >= start + len(first_ids):
+                assert label == tok_id, (pos, tok.decode([tok_id]))
+            else:
+                assert label == IGNORE_INDEX, (pos, tok.decode([tok_id]))
+        # What carries the loss is exactly the SIDs of the history's next items, then the target's.
+        learned = tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+        expected = "".join(index.sid_text(i) for i in row["history_items"][1:] + row["target_items"])
+        assert learned == expected
+
+
+def test_per_target_rows_keep_trl_completion_labels(sequence_build):
+    from onereason.modeling import load_tokenizer
+
+    root, index, model = sequence_build
+    tok = load_tokenizer(model)
+    itemic = set(tok.convert_tokens_to_ids(index.itemic_tokens()))
+    row = next(r for r in load_from_disk(str(root / "tasks"))["train"] if r["task"] == "rec_sid")
+    out = tokenize_row(row, tok, itemic)
+    learned = tok.decode([t for t, lab in zip(out["input_ids"], out["labels"]) if lab != IGNORE_INDEX])
+    assert learned.startswith("<think>") and index.sid_text(row["target_items"][0]) in learned
+    assert tok.decode(out["input_ids"]).endswith(learned)
+
+
+def test_sft_on_sequence_rows_validates_by_ranking(sequence_build, tmp_path):
+    from onereason.train import main as train_main
+
+    root, index, model = sequence_build
+    out = tmp_path / "sft"
+    argv = [
+        "--config", "recipes/tiny/sft.yaml",
+        "--model_name_or_path", str(model),
+        "--dataset_path", str(root / "tasks"),
+        "--item_index", str(root / "item_index.json"),
+        "--tasks", "rec_seq",
+        "--output_dir", str(out),
+        "--max_steps", "6",
+        "--per_device_train_batch_size", "8",
+        "--eval_strategy", "steps", "--eval_steps", "3",
+        "--save_strategy", "steps", "--save_steps", "3",
+        "--load_best_model_at_end", "true",
+        "--metric_for_best_model", "eval_ndcg@10",
+        "--ranking_eval_users", "16",
+        "--ranking_eval_beams", "10",
+        "--early_stopping_patience", "5",
+    ]  # fmt: skip
+    assert train_main(argv) in (0, None)
+    history = json.loads((out / "onereason_history.json").read_text())
+    record = history[-1]
+    assert record["stage"] == "sft"
+    assert [p["step"] for p in record["validation_curve"]] == [3, 6]
+    assert all(0.0 <= p["eval_hit@10"] <= 1.0 for p in record["validation_curve"])
+    assert record["loss_tokens_per_epoch"] > 0
+    assert record["best_checkpoint"] is not None
+    assert ItemIndex.load(out / "item_index.json").item_ids == index.item_ids
