@@ -18,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 
-from data_builders.identifiers.grounding import ElasticGrounder
+from onereason.terms import ElasticGrounder
 
 SLOT_VOCAB = {"category": 3000, "function": 800, "feature": 6000, "audience": 8}
 

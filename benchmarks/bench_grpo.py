@@ -9,7 +9,7 @@ two-stage generator can write (think budget + forced tags + one SID); the uncons
 run samples freely up to that length. Reported: mean seconds per optimizer step after
 `--warmup` steps (generation, rewards, constrained log-probs and the update are all
 inside), and the ratio
-constrained / unconstrained (the issue asks for <= 1.2x). Constrained completions are
+constrained / unconstrained (the target is <= 1.2x). Constrained completions are
 usually shorter (no_think rows skip the think stage, SIDs end with EOS), so the step
 time is also reported per completion token, the like-for-like figure.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ from onereason.modeling import load_model_and_tokenizer
 from onereason.rewards import RewardContext, build_rewards
 from onereason.rl.grpo_trainer import ConstrainedGRPOTrainer
 from onereason.rl.rollout import TwoStageGenerator, sid_token_length
-from onereason.rl.toy import toy_index, toy_model, toy_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy world the RL tests use
+from toy_world import toy_index, toy_model, toy_rows  # noqa: E402
 
 
 class StepTimer(TrainerCallback):

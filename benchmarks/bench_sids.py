@@ -1,4 +1,4 @@
-"""Semantic IDs and Term IDs: the figures issue 4 names.
+"""Semantic IDs and Term IDs: build time, collisions, coherence and Term-ID quality.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_sids.py scientific [--max-length 64] [--threads 2]
     OMP_NUM_THREADS=2 python benchmarks/bench_sids.py million      # 1M random 384-d vectors

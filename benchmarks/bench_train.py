@@ -6,7 +6,7 @@
 
 Each section trains the same rows twice — once through `onereason train` (the stage's
 `run`), once through TRL's trainer built directly — and prints tokens/s of both and their
-ratio (the issue asks for >= 0.95). Sections are registered in `SECTIONS`; a stage adds its
+ratio (the target is >= 0.95). Sections are registered in `SECTIONS`; a stage adds its
 own with `@section("name")` (GRPO goes here next to SFT).
 """
 

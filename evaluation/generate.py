@@ -44,11 +44,11 @@ n-th shard and all processes read the merged run at the end.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -58,16 +58,26 @@ import torch
 from transformers import GenerationConfig
 
 from evaluation.protocols import EvalExample
-from evaluation.vllm_think import BACKENDS, VllmThinkSampler, resolve_backend
+from onereason.decoding import (
+    BACKENDS,
+    THINK_BUDGET,
+    ThinkBlock,
+    ThinkSettings,
+    TwoStageDecoder,
+    VllmThinkSampler,
+    resolve_backend,
+    sid_token_length,
+)
 from onereason.io import atomic_write_json, atomic_write_text
-from onereason.sid_beam import constrained_beam_search, left_padded
-from onereason.thinking import EMPTY_THINK, THINK_CLOSE, THINK_OPEN, switch_mode
+from onereason.terms import parse_answer_terms
+from onereason.thinking import switch_mode
+from onereason.vocab import check_itemic_tokens
 
 logger = logging.getLogger(__name__)
 
 MERGES = ("mean_prob", "max")
 ANSWERS = ("sid", "term")
-_TERMS_RE = re.compile(r"\[([^\[\]]+)\]")
+EVALUATE_WITH_ITS_INDEX = "evaluate with the index the model was trained with"
 
 
 @dataclass
@@ -76,7 +86,7 @@ class DecodingConfig:
 
     num_beams: int = 20
     batch_size: int = 8
-    think_budget: int = 256
+    think_budget: int = THINK_BUDGET
     think_temperature: float = 0.6
     think_top_p: float = 0.95
     think_top_k: int = 20
@@ -101,36 +111,6 @@ class DecodingConfig:
             raise ValueError(f"think_backend must be one of {BACKENDS}, got {self.think_backend!r}")
 
 
-def check_index_matches_tokenizer(index, tokenizer, source: str = "tokenizer") -> None:
-    """Fail early, naming tokens, when the tokenizer cannot write the index's SIDs as single tokens."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in index.itemic_tokens() if t not in vocab]
-    if missing:
-        raise ValueError(
-            f"the item index does not match the {source}: {len(missing)} of its "
-            f"{len(index.itemic_tokens())} itemic tokens are not in the vocabulary (e.g. {missing[:5]}); "
-            "evaluate with the index the model was trained with"
-        )
-    first = index.item_ids[0]
-    ids = tokenizer(index.sid_text(first), add_special_tokens=False)["input_ids"]
-    if "".join(tokenizer.convert_ids_to_tokens(ids)) != index.sid_text(first):
-        raise ValueError(f"the {source} splits SID {index.sid_text(first)!r} into unexpected pieces")
-
-
-def sid_token_length(index, tokenizer, sample: int = 256) -> int:
-    items = index.item_ids[:sample]
-    return max(len(tokenizer(index.sid_text(i), add_special_tokens=False)["input_ids"]) for i in items)
-
-
-def parse_terms(text: str) -> list[str] | None:
-    """The Term ID of a Term-ID answer (`[term, term, …]`), or None."""
-    match = _TERMS_RE.search(text)
-    if not match:
-        return None
-    terms = [t.strip() for t in match.group(1).split(",") if t.strip()]
-    return terms or None
-
-
 class BeamRanker:
     """Ranks catalogue items for chat prompts with one model, tokenizer and item index."""
 
@@ -141,30 +121,21 @@ class BeamRanker:
         self.tokenizer = tokenizer
         self.index = index
         self.cfg = cfg
-        check_index_matches_tokenizer(index, tokenizer)
+        check_itemic_tokens(tokenizer, index, fix=EVALUATE_WITH_ITS_INDEX)
         if cfg.answer == "sid" and trie is None:
             from onereason.trie import SIDTrie
 
             trie = SIDTrie.from_index(index, tokenizer)
         self.trie = trie
         self.grounder = self._grounder() if cfg.answer == "term" else None
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        self.encode = encode
-        self.think_close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
-        if self.think_close_id is None or self.think_close_id not in tokenizer.get_vocab().values():
-            raise ValueError(
-                f"the tokenizer has no {THINK_CLOSE} token: thinking evaluation needs Qwen3-style think tokens"
-            )
-        self.open_ids = encode(THINK_OPEN + "\n")
-        self.sep_ids = encode("\n\n")
-        self.forced_close_ids = encode("\n") + [self.think_close_id] + self.sep_ids
-        self.empty_think_ids = encode(EMPTY_THINK)
+        self.encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
         eos = model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id
-        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
-        if tokenizer.eos_token_id not in self.eos_ids:
-            self.eos_ids.insert(0, tokenizer.eos_token_id)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        if tokenizer.eos_token_id not in eos_ids:
+            eos_ids.insert(0, tokenizer.eos_token_id)
+        self.decoder = TwoStageDecoder(tokenizer, trie, eos_ids)
+        self.eos_ids, self.pad_id = self.decoder.eos_ids, self.decoder.pad_id
         self.sid_len = sid_token_length(index, tokenizer)
         self.think_backend = resolve_backend(cfg.think_backend)
         if self.think_backend == "vllm" and not model_path:
@@ -173,7 +144,7 @@ class BeamRanker:
         self._vllm: VllmThinkSampler | None = None  # started on the first thinking batch
 
     def _grounder(self):
-        from data_builders.identifiers.grounding import ElasticGrounder
+        from onereason.terms import ElasticGrounder
 
         if self.index.term_ids is None:
             raise ValueError("answer='term' needs an item index with Term IDs (build-ids with terms enabled)")
@@ -190,77 +161,22 @@ class BeamRanker:
     # ------------------------------------------------------------------ generation
 
     def _generate(self, heads: list[list[int]], config: GenerationConfig, constrained: bool):
-        """Left-padded batch generation: (new tokens per returned sequence, sequence scores or None)."""
-        device = next(self.model.parameters()).device
-        input_ids, attention = left_padded(heads, self.pad_id)
-        width = input_ids.shape[1]
+        """Answers for `heads`: (new tokens per beam, beam scores); trie-constrained SID beams or free text."""
         if constrained:
-            sequences, scores = constrained_beam_search(
-                self.model,
-                input_ids.to(device),
-                attention.to(device),
-                self.trie,
-                num_beams=config.num_beams,
-                num_sids=1,
-                pad_token_id=self.pad_id,
-            )
-            return sequences.flatten(0, 1).tolist(), scores.flatten().tolist()
-        out = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            generation_config=config,
-        )
-        scores = getattr(out, "sequences_scores", None)
-        new = [row.tolist() for row in out.sequences[:, width:].cpu()]
-        return new, (scores.float().cpu().tolist() if scores is not None else None)
+            return self.decoder.sid_beams(self.model, heads, config.num_beams)
+        return self.decoder.generate(self.model, heads, config)
 
-    def _think(self, prompts: list[list[int]]) -> list[list[tuple[list[int], int, bool, str]]]:
-        """Per prompt, `think_samples` × (think ids through the forced `\\n\\n`, sampled tokens, budget hit, trace)."""
+    def _think(self, prompts: list[list[int]]) -> list[list[ThinkBlock]]:
+        """Per prompt, `think_samples` think blocks (on transformers or vLLM)."""
         cfg = self.cfg
-        heads = [p + self.open_ids for p in prompts]
+        settings = ThinkSettings(
+            cfg.think_budget, cfg.think_temperature, cfg.think_top_p, cfg.think_top_k, cfg.think_samples
+        )
+        sampler = None
         if self.think_backend == "vllm":
             seed = int(torch.randint(2**31 - 1, ()).item())  # from the per-shard torch seed
-            new = self._vllm_sampler()(heads, seed)
-        else:
-            config = GenerationConfig(
-                do_sample=True,
-                temperature=cfg.think_temperature,
-                top_p=cfg.think_top_p,
-                top_k=cfg.think_top_k,
-                max_new_tokens=cfg.think_budget,
-                num_return_sequences=cfg.think_samples,
-                eos_token_id=[self.think_close_id, *self.eos_ids],
-                pad_token_id=self.pad_id,
-                return_dict_in_generate=True,
-            )
-            new, _ = self._generate(heads, config, constrained=False)
-        out = []
-        for i in range(len(prompts)):
-            samples = []
-            for sample in new[i * cfg.think_samples : (i + 1) * cfg.think_samples]:
-                # `sample` is right-padded to the longest sample of the batch: cut at `</think>` or EOS
-                stop = next(
-                    (j for j, t in enumerate(sample) if t in self.eos_ids or t == self.think_close_id), None
-                )
-                if stop is not None and sample[stop] == self.think_close_id:
-                    trace_ids, ids, n_sampled, exhausted = (
-                        sample[:stop],
-                        sample[: stop + 1] + self.sep_ids,
-                        stop + 1,
-                        False,
-                    )
-                else:
-                    # budget spent (or the turn ended early: that EOS is dropped, the answer must follow)
-                    trace_ids = sample[:stop]
-                    ids, n_sampled, exhausted = (
-                        trace_ids + self.forced_close_ids,
-                        len(trace_ids),
-                        stop is None,
-                    )
-                trace = self.tokenizer.decode(trace_ids, skip_special_tokens=True).strip()
-                samples.append((self.open_ids + ids, n_sampled, exhausted, trace))
-            out.append(samples)
-        return out
+            sampler = functools.partial(self._vllm_sampler(), seed=seed)
+        return self.decoder.think(self.model, prompts, ["think"] * len(prompts), settings, sampler)
 
     def _vllm_sampler(self) -> VllmThinkSampler:
         if self._vllm is None:
@@ -272,7 +188,7 @@ class BeamRanker:
                 cfg.think_top_k,
                 cfg.think_budget,
                 cfg.think_samples,
-                stop_ids=[self.think_close_id, *self.eos_ids],
+                stop_ids=[self.decoder.think_close_id, *self.eos_ids],
                 eos_id=self.eos_ids[0],
                 gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                 seed=cfg.seed,
@@ -294,6 +210,9 @@ class BeamRanker:
             output_scores=True,
             return_dict_in_generate=True,
         )
+
+    def trace_text(self, block: ThinkBlock) -> str:
+        return self.tokenizer.decode(block.trace_ids, skip_special_tokens=True).strip()
 
     def _tokens_text(self, ids: list[int]) -> str:
         kept = []
@@ -320,10 +239,10 @@ class BeamRanker:
         if mode == "think":
             thinks = self._think(prompts)
         elif mode == "no_think":
-            thinks = [[(list(self.empty_think_ids), 0, False, "")] for _ in prompts]
+            thinks = [[self.decoder.empty_block()] for _ in prompts]
         else:
             raise ValueError(f"mode must be 'think' or 'no_think', got {mode!r}")
-        heads = [p + t[0] for p, samples in zip(prompts, thinks) for t in samples]
+        heads = [p + t.ids for p, samples in zip(prompts, thinks) for t in samples]
         new, scores = self._generate(heads, self._answer_config(), constrained=cfg.answer == "sid")
         per_head = cfg.num_beams
         latency = (time.perf_counter() - began) / len(batch)
@@ -364,9 +283,9 @@ class BeamRanker:
             "scores": scores,
             "n_beams": len(beams),
             "n_valid": n_valid,
-            "think_tokens": sum(s[1] for s in samples) / len(samples),
-            "think_budget_exhausted": any(s[2] for s in samples),
-            "think": [s[3] for s in samples] if mode == "think" else [],
+            "think_tokens": sum(s.n_sampled for s in samples) / len(samples),
+            "think_budget_exhausted": any(s.exhausted for s in samples),
+            "think": [self.trace_text(s) for s in samples] if mode == "think" else [],
             "latency_s": latency,
         }
 
@@ -391,7 +310,7 @@ class BeamRanker:
         return order[: self.cfg.num_beams], [merged[s] for s in order[: self.cfg.num_beams]], n_valid
 
     def _ground(self, beams) -> tuple[list[str], int]:
-        queries = [(text, parse_terms(text)) for _, text, _ in beams]
+        queries = [(text, parse_answer_terms(text)) for _, text, _ in beams]
         parsed = [q for _, q in queries if q]
         grounded = iter(self.grounder.ground_many(parsed, k=self.cfg.num_beams) if parsed else [])
         ranked: dict[str, None] = {}
@@ -502,19 +421,10 @@ def generate_run(
 
 
 def load_item_index(model_path: str | Path, explicit: str | Path | None = None):
-    """The item index of a checkpoint: `explicit` if given, else `<model>/item_index.json`."""
+    """The item index of a checkpoint (`ItemIndex.resolve`): `explicit` if given, else `<model>/item_index.json`."""
     from onereason.item_index import ItemIndex
 
-    path = Path(explicit) if explicit else Path(model_path) / "item_index.json"
-    if not path.exists():
-        where = f"{path}" if explicit else f"{model_path} has no item_index.json"
-        raise FileNotFoundError(
-            f"item index not found: {where}. A recommender checkpoint needs the index it was trained "
-            "with; pass item_index=PATH (an onereason item_index.json or a published LC-Rec/MiniOneRec .index.json)"
-        )
-    if path.suffix == ".json" and path.name.endswith(".index.json"):
-        return ItemIndex.from_published_json(path)
-    return ItemIndex.load(path)
+    return ItemIndex.resolve(model_path, explicit)
 
 
 def evaluate_checkpoint(
@@ -547,6 +457,6 @@ def evaluate_checkpoint(
         model_and_tokenizer = load_model_and_tokenizer(model_path, dtype=dtype, device=device)
     model, tokenizer = model_and_tokenizer
     model.eval()
-    check_index_matches_tokenizer(index, tokenizer, f"tokenizer of {model_path}")
+    check_itemic_tokens(tokenizer, index, f"tokenizer of {model_path}", EVALUATE_WITH_ITS_INDEX)
     ranker = BeamRanker(model, tokenizer, index, cfg, model_path=str(model_path))
     return generate_run(ranker, examples, mode, run_path, shard_size, str(model_path), progress)

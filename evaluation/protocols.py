@@ -89,16 +89,10 @@ def examples_from_rows(
 
 def read_split(path: str | Path) -> list[dict]:
     """Rows of a split parquet file (docs/ARCHITECTURE.md, splits on disk)."""
-    import pyarrow.parquet as pq
+    from onereason.tables import SPLIT_COLUMNS
+    from onereason.tables import read_split as read_split_table
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"split file not found: {path}")
-    table = pq.read_table(path)
-    missing = {"user_id", "history", "target"} - set(table.column_names)
-    if missing:
-        raise ValueError(f"{path}: split is missing columns {sorted(missing)}")
-    return table.select(["user_id", "history", "target"]).to_pylist()
+    return read_split_table(path).select(list(SPLIT_COLUMNS)).to_pylist()
 
 
 def examples_from_tasks(

@@ -13,6 +13,10 @@ from pathlib import Path
 from onereason.configs import parse_config
 from onereason.modeling import SIZE_PRESETS, init_model
 
+# Where the task builders keep their prompt and CoT phrasings (YAML package data, read as
+# files: the library imports no builder code).
+TEMPLATES_PACKAGE = "data_builders.tasks"
+
 
 @dataclass
 class InitModelConfig:
@@ -46,9 +50,9 @@ class InitModelConfig:
 
 
 def corpus_from_items(items_path: str | Path) -> list[str]:
-    import pyarrow.parquet as pq
+    from onereason.tables import read_items
 
-    table = pq.read_table(items_path)
+    table = read_items(items_path)
     texts = []
     for col in ("title", "description", "brand"):
         if col in table.column_names:
@@ -64,15 +68,16 @@ def prompt_corpus() -> list[str]:
     A from-scratch model sees these phrases in every row; whole-word tokens for them make
     rows several times shorter than a tokenizer trained on item texts alone would.
     """
-    import importlib.util
     import re
+    from importlib import resources
 
     import yaml
 
     # The chat template's role names and the thinking switches, in every row.
     texts: list[str] = ["system\n", "user\n", "assistant\n", "The user /think", "The user /no_think"]
-    spec = importlib.util.find_spec("data_builders.tasks")
-    if spec is None or not spec.submodule_search_locations:
+    try:  # the task builders' phrasings ship as package data beside them
+        folder = resources.files(TEMPLATES_PACKAGE) / "templates"
+    except ModuleNotFoundError:
         return texts
 
     def collect(node) -> None:
@@ -85,9 +90,8 @@ def prompt_corpus() -> list[str]:
             for value in node:
                 collect(value)
 
-    for folder in spec.submodule_search_locations:
-        for path in sorted(Path(folder, "templates").glob("*.yaml")):
-            collect(yaml.safe_load(path.read_text(encoding="utf-8")))
+    for path in sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name):
+        collect(yaml.safe_load(path.read_text(encoding="utf-8")))
     return texts
 
 

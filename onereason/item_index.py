@@ -23,6 +23,9 @@ from onereason.io import atomic_write_text
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+ITEM_INDEX_FILE = "item_index.json"  # beside every model folder
+# The SID token formats `SIDFormat.named` knows (build-ids `sid_format:` takes these names).
+SID_FORMATS = ("openonerec", "minionerec")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class SIDFormat:
 
     The default is OpenOneRec's `<|sid_begin|><s_a_12><s_b_3><s_c_7><|sid_end|>`;
     `SIDFormat.minionerec()` gives MiniOneRec / LC-Rec's `<a_12><b_3><c_7>`.
+    `SIDFormat.named(name, levels)` builds any registered format (`SID_FORMATS`) by name:
+    to change the token format, change it here.
     """
 
     prefixes: tuple[str, ...] = ("s_a", "s_b", "s_c")
@@ -45,8 +50,26 @@ class SIDFormat:
     def minionerec(cls, levels: int = 3) -> SIDFormat:
         return cls(prefixes=tuple(chr(ord("a") + i) for i in range(levels)), begin=None, end=None)
 
+    @classmethod
+    def named(cls, name: str, levels: int = 3) -> SIDFormat:
+        """The registered format `name` (one of `SID_FORMATS`) with `levels` levels."""
+        if name not in SID_FORMATS:
+            raise ValueError(f"unknown SID format {name!r}; choose one of {list(SID_FORMATS)}")
+        if levels < 1:
+            raise ValueError(f"a SID format needs at least one level, got {levels}")
+        return getattr(cls, name)(levels)
+
+    @property
+    def boundary_tokens(self) -> list[str]:
+        """The tokens around every SID (`<|sid_begin|>`, `<|sid_end|>`; none for MiniOneRec)."""
+        return [t for t in (self.begin, self.end) if t]
+
     def token(self, level: int, code: int) -> str:
         return f"<{self.prefixes[level]}_{int(code)}>"
+
+    def level_tokens(self, codes: Sequence[int]) -> tuple[str, ...]:
+        """The itemic tokens of one SID, one per level, without the boundary tokens."""
+        return tuple(self.token(level, c) for level, c in enumerate(codes))
 
     def render(self, codes: Sequence[int]) -> str:
         if len(codes) != len(self.prefixes):
@@ -237,12 +260,7 @@ class ItemIndex:
     @classmethod
     def load(cls, path: str | Path) -> ItemIndex:
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"item index not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not a valid item index JSON file ({err})") from None
+        d = _read_json(path, "item index", "not a valid item index JSON file")
         if d.get("format_version") != FORMAT_VERSION or "items" not in d:
             raise ValueError(
                 f"{path}: not an onereason item index (format_version {d.get('format_version')!r})"
@@ -264,6 +282,40 @@ class ItemIndex:
         return cls([r[0] for r in rows], codes, terms, sid_format, d.get("meta") or {})
 
     @classmethod
+    def resolve(cls, model_name_or_path: str | Path | None, explicit: str | Path | None = None) -> ItemIndex:
+        """The item index a model is used with: `explicit` if given, else `item_index.json` beside
+        the model (a folder, or a Hub repo pushed by `onereason push`).
+
+        `explicit` may be an onereason `item_index.json` or a published LC-Rec / MiniOneRec
+        `*.index.json`. Every failure is a `FileNotFoundError` that says what to pass instead.
+        """
+        if explicit:
+            path = Path(explicit)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"item_index {str(path)!r} does not exist (build it with `onereason build-ids`, "
+                    "or pass a published LC-Rec/MiniOneRec .index.json)"
+                )
+            return cls.from_published_json(path) if path.name.endswith(".index.json") else cls.load(path)
+        fix = f"pass --item_index PATH (`item_index:` in a recipe) to the {ITEM_INDEX_FILE} the model was trained with"
+        if not model_name_or_path:
+            raise FileNotFoundError(f"no model and no item index; {fix}")
+        local = Path(model_name_or_path) / ITEM_INDEX_FILE
+        if local.is_file():
+            return cls.load(local)
+        if Path(model_name_or_path).exists():
+            raise FileNotFoundError(f"{model_name_or_path} has no {ITEM_INDEX_FILE}; {fix}")
+        from huggingface_hub import hf_hub_download  # a Hub id: `onereason push` puts the index there
+
+        try:
+            return cls.load(hf_hub_download(str(model_name_or_path), ITEM_INDEX_FILE))
+        except Exception as err:  # offline, missing file, private repo: one message that says what to do
+            raise FileNotFoundError(
+                f"could not get {ITEM_INDEX_FILE} for {str(model_name_or_path)!r} "
+                f"({type(err).__name__}: {err}); {fix}"
+            ) from err
+
+    @classmethod
     def from_published_json(cls, path: str | Path, items: Iterable[str] | None = None) -> ItemIndex:
         """Load a published LC-Rec / MiniOneRec index: `{"<item>": ["<a_1>", "<b_2>", ...]}`.
 
@@ -271,12 +323,7 @@ class ItemIndex:
         the index to those ids (and fails naming any that the file lacks).
         """
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"published item index not found: {path}") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        data = _read_json(path, "published item index", "not valid JSON")
         if not isinstance(data, dict):
             raise ValueError(
                 f'{path}: expected {{"<item>": ["<a_1>", "<b_2>", ...]}}, got a {type(data).__name__}'
@@ -318,3 +365,13 @@ class ItemIndex:
             rows = [index._row[i] for i in wanted]
             index = cls(wanted, index.codes[rows], sid_format=index.sid_format, meta=index.meta)
         return index
+
+
+def _read_json(path: Path, what: str, invalid: str):
+    """The JSON document at `path`; a missing file or bad JSON is one clear error naming `what`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: {invalid} ({err})") from None

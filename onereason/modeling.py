@@ -25,6 +25,8 @@ from transformers import (
 )
 from trl.chat_template_utils import qwen3_chat_template
 
+from onereason.item_index import SIDFormat
+
 logger = logging.getLogger(__name__)
 
 # Qwen2/Qwen3's pre-tokenizer split pattern: training the BPE with the same split keeps its
@@ -36,7 +38,7 @@ CHAT_SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>"]
 # Qwen3 keeps <think> tokens as normal added tokens (not "special"), so
 # `decode(skip_special_tokens=True)` still shows them; itemic tokens follow the same rule.
 THINK_TOKENS = ["<think>", "</think>"]
-SID_BOUNDARY_TOKENS = ["<|sid_begin|>", "<|sid_end|>"]
+SID_BOUNDARY_TOKENS = SIDFormat.named("openonerec").boundary_tokens
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,16 @@ A recipe writes
       - {name: format, weight: 0.2}
       - {name: think_length, weight: 0.1, budget: 128}   # extra keys are the reward's parameters
       - {name: model:path/to/ranking-model, weight: 0.5}  # a reward *model* (TRL loads it)
+      - {name: my_pkg.rewards.fn, weight: 0.5}            # any importable function, by dotted path
 
 and `build_rewards(specs, context)` turns that into TRL's `reward_funcs` + `reward_weights`.
 Every reward follows TRL's reward-function protocol: it gets `prompts`, `completions`,
 `completion_ids` and every dataset column (`target_sids`, `target_terms`, `mode`, …, plus
 `beam_rank` from beam rollouts) as keyword arguments and returns `list[float | None]`
 (None = "does not apply to this sample"). Our rewards also get a `RewardContext` (the
-item index, the tokenizer) so they can parse SIDs and ground Term IDs.
+item index, the tokenizer) so they can parse SIDs and ground Term IDs; a function named by
+dotted path gets `prompts` and `context` when its signature takes them (or `**kwargs`), so
+TRL-style reward functions work unchanged and a user's reward needs no edit here.
 
 A reward that raises is re-run sample by sample to find the row that broke it, and a
 `RewardError` names the reward, the sample index, its prompt and its completion.
@@ -22,6 +25,8 @@ A reward that raises is re-run sample by sample to find the row that broke it, a
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +66,7 @@ class RewardContext:
     def grounder(self):
         """GRLM elastic grounding over the catalogue's Term IDs, built on first use."""
         if self._grounder is None:
-            from data_builders.identifiers.grounding import ElasticGrounder
+            from onereason.terms import ElasticGrounder
 
             index = self.require_index("term_overlap")
             terms = [index.terms(item) for item in index.item_ids]
@@ -86,9 +91,35 @@ def register_reward(name: str):
 
 
 def get_reward(name: str) -> RewardFn:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown reward {name!r}; registered rewards: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+    """The registered reward `name`, or the function at dotted path `name` (`my_pkg.rewards.fn`)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if "." not in name:
+        raise KeyError(
+            f"unknown reward {name!r}; registered rewards: {sorted(_REGISTRY)}, or a dotted path "
+            "to your own function (my_pkg.rewards.fn)"
+        )
+    module, _, attr = name.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise KeyError(f"reward {name!r}: cannot import it ({type(err).__name__}: {err})") from err
+    if not callable(fn):
+        raise KeyError(f"reward {name!r} is not a function")
+    return fn
+
+
+def _call_with(fn: RewardFn) -> Callable[..., Any]:
+    """`call(prompts, completions, context, **columns)` passing `prompts` / `context` only when `fn` takes them."""
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    wants = [n for n in ("prompts", "context") if takes_any or n in params]
+
+    def call(prompts, completions, context, **kwargs):
+        extra = {"prompts": prompts, "context": context}
+        return fn(completions=completions, **{n: extra[n] for n in wants}, **kwargs)
+
+    return call
 
 
 def available_rewards() -> list[str]:
@@ -245,7 +276,7 @@ def term_overlap_reward(
     """Term-ID overlap after grounding (GRLM): the answer's Term ID (or its SID's item) is
     grounded to a catalogue item, whose terms are compared with the target's terms
     (share of target terms recovered)."""
-    from data_builders.identifiers.term_ids import normalize_term, parse_terms
+    from onereason.terms import normalize_term, parse_terms
 
     index = context.require_index("term_overlap")
     targets = _column({"t": target_terms}, "t", len(completions))
@@ -343,19 +374,17 @@ def _is_float(text: str) -> bool:
 
 def bind_reward(spec: RewardSpec, context: RewardContext) -> RewardFn:
     """A TRL reward function for `spec` whose errors name the reward and the failing sample."""
-    fn = functools.partial(get_reward(spec.name), **spec.params)
+    fn = _call_with(functools.partial(get_reward(spec.name), **spec.params))
 
     def reward(prompts=None, completions=None, **kwargs):
         try:
-            return _check_output(
-                spec.name, fn(completions=completions, context=context, **kwargs), len(completions)
-            )
+            return _check_output(spec.name, fn(prompts, completions, context, **kwargs), len(completions))
         except RewardError:
             raise
         except Exception as err:
             raise _locate_failure(spec.name, fn, context, prompts, completions, kwargs, err) from err
 
-    reward.__name__ = spec.name  # TRL logs rewards/<__name__>/mean
+    reward.__name__ = spec.name.rpartition(".")[2]  # TRL logs rewards/<__name__>/mean
     return reward
 
 
@@ -372,7 +401,8 @@ def _locate_failure(name, fn, context, prompts, completions, kwargs, err) -> Rew
     for i in range(n):
         one = {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in kwargs.items()}
         try:
-            fn(completions=[completions[i]], context=context, **one)
+            prompt = [prompts[i]] if prompts is not None and i < len(prompts) else None
+            fn(prompt, [completions[i]], context, **one)
         except Exception as sample_err:
             prompt = prompts[i] if prompts is not None and i < len(prompts) else None
             return RewardError(

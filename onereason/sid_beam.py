@@ -8,7 +8,7 @@ one preallocated buffer per layer (`_BeamLayer`), so a step neither re-concatena
 re-gathers the prompt part; other layer types use the cache's own `reorder_cache`.
 
 At every step each live beam's next-token log-probabilities are restricted to what the
-SID trie allows after its prefix (`SIDTrie._allowed_mask`, the same core as the
+SID trie allows after its prefix (`SIDTrie.allowed_tokens`, the same core as the
 `generate` logits processor and `constrain_logits`), and the best K (prefix, score)
 pairs over all beams of a prompt are kept. At the first step a prompt has a single live
 beam, so its K beams start from K distinct tokens and never duplicate.
@@ -125,8 +125,7 @@ def constrained_beam_search(
         )
     allow_fewer = trie.allow_fewer if allow_fewer is None else allow_fewer
     device = input_ids.device
-    tensors = trie._tensors(device)
-    eos_ids = tensors["eos_token_ids"]
+    eos_ids = trie.eos_ids(device)
     pad = int(eos_ids[0]) if pad_token_id is None else int(pad_token_id)
     batch = input_ids.shape[0]
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
@@ -148,16 +147,13 @@ def constrained_beam_search(
     width = 1
     scores = torch.zeros(batch, 1, device=device)
     finished = torch.zeros(batch, 1, dtype=torch.bool, device=device)
-    node = torch.zeros(batch, dtype=torch.long, device=device)  # trie node of the current SID prefix
+    node = trie.root(batch, device)  # trie node of the current SID prefix
     tokens = torch.empty(batch, 1, 0, dtype=torch.long, device=device)
     sid_length = trie.sid_length
     for step in range(num_sids * sid_length + 1):
         # What may follow each beam's prefix; finished beams carry over as a single candidate.
-        depth = torch.full_like(node, step % sid_length)
-        done = torch.full_like(node, step // sid_length)
-        allowed_node, eos_ok = trie._state(tensors, node, depth, done, num_sids, allow_fewer)
         vocab = logits.shape[-1]
-        allowed = trie._allowed_mask(tensors, allowed_node, eos_ok, vocab)
+        allowed = trie.allowed_tokens(node, step, vocab, num_sids, allow_fewer)
         log_probs = torch.log_softmax(logits.float(), dim=-1).masked_fill(~allowed, float("-inf"))
         candidates = scores.reshape(-1, 1) + log_probs  # [batch * width, vocab]
         flat_finished = finished.reshape(-1)
@@ -181,10 +177,7 @@ def constrained_beam_search(
         width = k
 
         # Advance the trie: a completed SID goes back to the root for the next one.
-        if (step + 1) % sid_length == 0:
-            node = torch.zeros(batch * k, dtype=torch.long, device=device)
-        else:
-            node = trie._child(tensors, node[rows], token.reshape(-1))
+        node = trie.advance(node[rows], token.reshape(-1), step)
         if bool(finished.all()):
             break
 

@@ -15,8 +15,11 @@ memory between steps: the position inside the current SID is `(tokens generated)
 so the node is found by walking only the last `< L` tokens from the root. That is what
 lets the processor work with beam search, which reorders beams between steps.
 
-The same `_allowed_mask` builds the mask for `generate` (`SIDLogitsProcessor`) and for
-`constrain_logits`, so the log-probs RL computes are those of the policy that sampled.
+The same `_allowed_mask` builds the mask for `generate` (`SIDLogitsProcessor`), for
+`constrain_logits` and for beam search (`allowed_tokens` / `advance`, the public stepping
+API of `onereason.sid_beam`), so the log-probs RL computes are those of the policy that
+sampled. `constrain_logits` reads only columns inside the batch, so callers pass their
+logits as they are (no padding on the right).
 """
 
 from __future__ import annotations
@@ -168,6 +171,40 @@ class SIDTrie:
         enough = (full | (done >= 1)) if allow_fewer else full
         eos_ok = at_boundary & enough
         return node, eos_ok
+
+    # --- stepping through answers (beam search) --------------------------------------
+    def root(self, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Trie nodes of `rows` answers that have not started yet."""
+        return torch.zeros(rows, dtype=torch.long, device=device)
+
+    def eos_ids(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The EOS token ids, on `device`."""
+        return self._tensors(torch.device(device))["eos_token_ids"]
+
+    def allowed_tokens(
+        self,
+        node: torch.Tensor,
+        position: int,
+        vocab_size: int,
+        num_sids: int | None = None,
+        allow_fewer: bool | None = None,
+    ) -> torch.Tensor:
+        """bool [N, vocab_size]: the tokens allowed next for answers at trie `node` that have
+        `position` tokens so far (the same rule as the processor and `constrain_logits`)."""
+        num_sids = self.num_sids if num_sids is None else num_sids
+        allow_fewer = self.allow_fewer if allow_fewer is None else allow_fewer
+        t = self._tensors(node.device)
+        depth = torch.full_like(node, position % self.sid_length)
+        done = torch.full_like(node, position // self.sid_length)
+        node, eos_ok = self._state(t, node, depth, done, num_sids, allow_fewer)
+        return self._allowed_mask(t, node, eos_ok, vocab_size)
+
+    def advance(self, node: torch.Tensor, token: torch.Tensor, position: int) -> torch.Tensor:
+        """The trie node after `token` was written at answer `position`: the child (-1 off the
+        trie), or the root again when the token completed a SID."""
+        if (position + 1) % self.sid_length == 0:
+            return self.root(node.shape[0], node.device)
+        return self._child(self._tensors(node.device), node, token)
 
     # --- generation ------------------------------------------------------------------
     def logits_processor(

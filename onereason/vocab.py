@@ -28,6 +28,30 @@ logger = logging.getLogger(__name__)
 FALLBACK_NOISE = 0.01  # × the std of the existing rows: distinct, yet near the mean
 
 
+def check_itemic_tokens(
+    tokenizer,
+    index: ItemIndex,
+    source: str = "tokenizer",
+    fix: str = "run the `align` stage first (it adds them), or start from a model that has them",
+) -> None:
+    """Fail early, naming tokens, when `tokenizer` cannot write the index's SIDs as single tokens.
+
+    `source` names the tokenizer in the message and `fix` says what to do about it.
+    """
+    vocab = tokenizer.get_vocab()
+    needed = index.itemic_tokens()
+    missing = [t for t in needed if t not in vocab]
+    if missing:
+        raise ValueError(
+            f"the item index does not match the {source}: {len(missing)} of its {len(needed)} itemic "
+            f"tokens are not in the vocabulary (e.g. {missing[:5]}); {fix}"
+        )
+    first = index.item_ids[0]
+    ids = tokenizer(index.sid_text(first), add_special_tokens=False)["input_ids"]
+    if "".join(tokenizer.convert_ids_to_tokens(ids)) != index.sid_text(first):
+        raise ValueError(f"the {source} splits SID {index.sid_text(first)!r} into unexpected pieces")
+
+
 def add_itemic_tokens(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

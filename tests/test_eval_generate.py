@@ -13,14 +13,14 @@ import torch
 from evaluation.generate import (
     BeamRanker,
     DecodingConfig,
-    check_index_matches_tokenizer,
     generate_run,
     load_item_index,
-    parse_terms,
 )
 from evaluation.protocols import EvalExample, check_targets, examples_from_rows
-from evaluation.vllm_think import completion_ids, vllm_installed
+from onereason.decoding import completion_ids, vllm_installed
+from onereason.terms import parse_answer_terms
 from onereason.thinking import EMPTY_THINK
+from onereason.vocab import check_itemic_tokens
 
 N_ITEMS = 30
 
@@ -74,7 +74,7 @@ def test_no_think_beams_are_valid_distinct_and_scored_by_log_prob(world):
         assert r["ranked_items"] == expanded and r["think_tokens"] == 0 and r["think"] == []
     # a beam's score is the model's summed log-prob of its SID + EOS after the prompt
     ex, record = exs[0], run[0]
-    prompt = ranker.prompt_ids(ex.messages, "no_think") + ranker.empty_think_ids
+    prompt = ranker.prompt_ids(ex.messages, "no_think") + ranker.decoder.empty_think_ids
     for sid, score in zip(record["ranked_sids"][:3], record["scores"][:3]):
         answer = tokenizer(sid, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = torch.tensor([prompt + answer])
@@ -92,7 +92,7 @@ def test_prompt_ends_with_the_switch_and_modes_share_the_history(world):
     think = tokenizer.decode(ranker.prompt_ids(ex.messages, "think"))
     assert "/no_think" in no_think and "/think" in think and "/no_think" not in think
     assert no_think.split("/no_think")[0] == think.split("/think")[0]
-    assert tokenizer.decode(ranker.empty_think_ids) == EMPTY_THINK
+    assert tokenizer.decode(ranker.decoder.empty_think_ids) == EMPTY_THINK
 
 
 def test_think_mode_respects_the_budget_and_closes_the_trace(world):
@@ -130,7 +130,7 @@ def test_think_stage_on_a_vllm_style_sampler_gives_the_same_records(world):
     cfg = DecodingConfig(num_beams=3, batch_size=2, think_budget=8)
     ranker = BeamRanker(model, tokenizer, index, cfg)
     words = ranker.encode("a b")
-    close = ranker.think_close_id
+    close = ranker.decoder.think_close_id
     replies = [words + [close], [words[0]] * 8]  # one closed trace, one that spends the budget
     ranker.think_backend = "vllm"
     ranker._vllm = lambda heads, seed: [list(replies[i % 2]) for i in range(len(heads))]
@@ -201,7 +201,7 @@ def test_bad_inputs_fail_clearly_or_are_counted(world, tmp_path):
         load_item_index(tmp_path)
     foreign = ItemIndex(["x"], np.array([[9, 9, 9]]), sid_format=SIDFormat())  # codes the tokenizer lacks
     with pytest.raises(ValueError, match="does not match"):
-        check_index_matches_tokenizer(foreign, tokenizer)
+        check_itemic_tokens(tokenizer, foreign)
     exs = examples(index, 3)
     exs.append(EvalExample("ghost#9", "ghost", exs[0].messages, ["not-an-item"]))
     exs.append(EvalExample("half#10", "half", exs[0].messages, ["i3", "not-an-item"]))
@@ -213,8 +213,8 @@ def test_bad_inputs_fail_clearly_or_are_counted(world, tmp_path):
 
 def test_term_answers_are_grounded_and_garbage_is_counted(world):
     _, index, model, tokenizer = world
-    assert parse_terms("x [glassware, kind2, brand3] y") == ["glassware", "kind2", "brand3"]
-    assert parse_terms("no terms here") is None
+    assert parse_answer_terms("x [glassware, kind2, brand3] y") == ["glassware", "kind2", "brand3"]
+    assert parse_answer_terms("no terms here") is None
     ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=3, answer="term"))
     ranked, n_valid = ranker._ground([(0, "[glassware, kind2, brand3]", 0.0), (0, "garbage", 0.0)])
     assert n_valid == 1
@@ -257,7 +257,7 @@ def test_onereason_eval_compare_end_to_end(world, tmp_path):
         "--out_dir",
         str(out),
         "--num_beams",
-        "4",
+        "10",
         "--think_budget",
         "8",
         "--shard_size",
@@ -266,6 +266,7 @@ def test_onereason_eval_compare_end_to_end(world, tmp_path):
         "200",
         "--device",
         "cpu",
+        "--allow_unknown",  # the index has a collision on purpose (item-level metrics count it)
     ]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
@@ -286,7 +287,10 @@ def test_onereason_eval_compare_end_to_end(world, tmp_path):
     assert same["metrics"]["hit@10"]["low"] == same["metrics"]["hit@10"]["high"] == 0.0
     for run in report["runs"][:4]:
         assert run["stats"]["valid_sid_rate"] == 1.0 and run["item"]["n_users"] == 12
+    # A model ranks as deep as its beams: no row, baselines included, is scored deeper.
+    assert report["ks"] == [1, 5, 10] and "beams" in report["ranking"]
     md = (out / "report.md").read_text()
+    assert "@20" not in md and "@32" not in md and "K = 20, 32 not shown" in md
     assert "| sft/think |" in md and "baseline/cooccurrence" in md and "95% interval" in md
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "runs" / "sft-think.jsonl").read_text().splitlines()) == 12

@@ -10,11 +10,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from toy_world import toy_index, toy_model, toy_rows, write_toy_dataset
 from trl import GRPOConfig
 
 from onereason.rewards import RewardContext, build_rewards
 from onereason.rl.grpo_trainer import ConstrainedGRPOTrainer
-from onereason.rl.toy import toy_index, toy_model, toy_rows, write_toy_dataset
 from onereason.stages.common import HISTORY_FILE, ITEM_INDEX_FILE
 
 REPO = Path(__file__).resolve().parents[1]

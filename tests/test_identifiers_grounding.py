@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_builders.identifiers.grounding import ElasticGrounder, Grounded
+from onereason.terms import ElasticGrounder, Grounded
 
 ITEMS = ["beaker-1", "beaker-2", "flask-1", "tent-1"]
 TERMS = [

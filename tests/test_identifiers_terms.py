@@ -10,7 +10,8 @@ import pytest
 from helpers import shared_data
 
 from data_builders.identifiers import term_ids
-from data_builders.identifiers.term_ids import (
+from data_builders.synthetic import SyntheticConfig, generate_world
+from onereason.terms import (
     SLOTS,
     base_form,
     is_legal_term,
@@ -18,7 +19,6 @@ from data_builders.identifiers.term_ids import (
     normalize_term,
     parse_terms,
 )
-from data_builders.synthetic import SyntheticConfig, generate_world
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from toy_world import toy_index, toy_model, toy_rows, write_toy_dataset
 from trl import GRPOConfig
 
 from onereason.rewards import RewardContext, build_rewards
 from onereason.rl.ppo_trainer import ConstrainedPPOTrainer, gae, masked_whiten, place_final_reward
-from onereason.rl.toy import toy_index, toy_model, toy_rows, write_toy_dataset
 from onereason.stages.common import HISTORY_FILE
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from toy_world import toy_index
 
 from onereason.rewards import (
     RewardContext,
@@ -17,7 +18,6 @@ from onereason.rewards import (
     parse_reward_specs,
     register_reward,
 )
-from onereason.rl.toy import toy_index
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def call(name, completions, ctx, **kwargs):
     )
 
 
-def test_registry_lists_every_reward_of_the_issue():
+def test_registry_lists_every_built_in_reward():
     assert {"format", "valid_sid", "hit", "partial", "rank", "term_overlap", "think_length"} <= set(
         available_rewards()
     )
@@ -183,3 +183,26 @@ def test_a_reward_returning_the_wrong_length_is_reported(ctx):
     register_reward("test_wrong_length")(lambda completions, context, **kw: [1.0])
     with pytest.raises(RewardError, match="returned 1 values for 2 completions"):
         bind_reward(RewardSpec("test_wrong_length"), ctx)(prompts=None, completions=["a", "b"])
+
+
+def test_a_reward_by_dotted_path_needs_no_registration(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def short(prompts, completions, **kwargs):\n"  # TRL's reward-function protocol
+        "    return [1.0 if len(c[-1]['content']) < 10 else 0.0 for c in completions]\n"
+        "def with_context(completions, context):\n"
+        "    return [float(context.item_index is None)] * len(completions)\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    funcs, weights = build_rewards(
+        [{"name": "my_rewards.short", "weight": 0.5}, "my_rewards.with_context", "hit:2"], RewardContext()
+    )
+    assert weights == [0.5, 1.0, 2.0]
+    completions = [[{"role": "assistant", "content": "tiny"}], [{"role": "assistant", "content": "x" * 20}]]
+    assert funcs[0](prompts=["p", "q"], completions=completions) == [1.0, 0.0]
+    assert funcs[1](prompts=["p", "q"], completions=completions) == [1.0, 1.0]
+    assert funcs[0].__name__ == "short"
+    with pytest.raises(KeyError, match="cannot import"):
+        parse_reward_specs(["my_rewards.missing"])
+    with pytest.raises(KeyError, match="dotted path"):
+        parse_reward_specs(["nope"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_world import toy_index, toy_model, toy_rows
 
 from onereason.rl.rollout import TwoStageGenerator, prompt_mode, sid_starts
-from onereason.rl.toy import toy_index, toy_model, toy_rows
 from onereason.rl.verify import prompt_token_ids
 from onereason.thinking import EMPTY_THINK, split_answer
 
@@ -132,4 +132,4 @@ def test_an_external_think_sampler_feeds_stage_one_and_stage_two_stays_on_the_tr
         if mode == "think":
             sampled = sum(mask[:start])
             assert sampled in (len(words) + 1, 5), "a closed trace keeps its </think>, a long one is cut at 5"
-            assert ids[len(generator.open_ids) : len(generator.open_ids) + 2] == words[:2]
+            assert ids[len(generator.decoder.open_ids) : len(generator.decoder.open_ids) + 2] == words[:2]

@@ -247,3 +247,24 @@ def test_processor_rejects_a_prompt_length_past_the_input(trie):
     processor = trie.logits_processor(10)
     with pytest.raises(ValueError, match="prompt_length=10"):
         processor(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 50))
+
+
+def test_constrain_logits_at_the_right_edge_needs_no_padding():
+    """A SID part that ends in the last column, or starts past it, is handled by the trie itself:
+    the result equals the one computed on the same batch padded on the right."""
+    trie = SIDTrie(np.array([[5, 6, 7], [5, 8, 9], [4, 6, 9]]), eos_token_id=2)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[1, 5, 6, 7], [1, 1, 5, 8], [5, 6, 7, 2], [1, 1, 1, 1]])
+    starts = torch.tensor([1, 2, 0, 4])  # ends at the last column / mid-SID / EOS last / starts past the end
+    logits = torch.randn(4, 4, 12, generator=generator)
+    for num_sids in (1, 2):
+        plain = trie.constrain_logits(logits, ids, starts, num_sids=num_sids)
+        spare = trie.sid_length
+        padded = trie.constrain_logits(
+            torch.nn.functional.pad(logits, (0, 0, 0, spare)),
+            torch.nn.functional.pad(ids, (0, spare)),
+            starts,
+            num_sids=num_sids,
+        )[:, :4]
+        assert torch.equal(plain, padded)
+    assert torch.isinf(plain[0, 1]).sum() == 12 - 2  # only the two SID starts (4, 5) allowed at the root

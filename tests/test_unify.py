@@ -8,8 +8,8 @@ from pathlib import Path
 
 import datasets
 import pytest
+from toy_world import toy_index, toy_model, write_toy_dataset
 
-from onereason.rl.toy import toy_index, toy_model, write_toy_dataset
 from onereason.rl.verify import rejection_sampling_rows, verifier
 from onereason.stages.common import HISTORY_FILE
 

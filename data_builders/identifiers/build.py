@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from data_builders.identifiers import collisions, quality
@@ -35,6 +34,7 @@ from data_builders.identifiers.embed import (
     item_texts,
 )
 from onereason.io import atomic_write_json, atomic_write_text
+from onereason.item_index import SID_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class BuildIdsConfig:
         choices = {
             "quantizer": ("rq_kmeans", "rqvae"),
             "collision_strategy": (*collisions.STRATEGIES, "none"),
-            "sid_format": ("openonerec", "minionerec"),
+            "sid_format": SID_FORMATS,
             "term_generator": ("extractive", "llm", "none"),
         }
         for name, allowed in choices.items():
@@ -149,22 +149,9 @@ class BuildIdsConfig:
 
 def read_items(path: str | Path) -> pa.Table:
     """The canonical items table from a parquet file or a build-data folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "items.parquet"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"build-ids: items table not found: {path} (run `onereason build-data` first)"
-        )
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as err:
-        raise ValueError(f"build-ids: {path}: cannot read it as a Parquet table ({err})") from None
-    for column in ("item_id", "title"):
-        if column not in table.column_names:
-            raise ValueError(
-                f"build-ids: {path}: missing required column {column!r} (columns: {table.column_names})"
-            )
+    from onereason.tables import read_items as read_items_table
+
+    table = read_items_table(path)
     if table.num_rows == 0:
         raise ValueError(f"build-ids: {path}: no items")
     return table
@@ -243,7 +230,7 @@ def published_codes(path: str | Path, item_ids: Sequence[str]) -> np.ndarray:
 def _sid_format(name: str, levels: int):
     from onereason.item_index import SIDFormat
 
-    return SIDFormat.minionerec(levels=levels) if name == "minionerec" else SIDFormat()
+    return SIDFormat.named(name, levels)
 
 
 def check_encoder(name_or_path: str) -> None:

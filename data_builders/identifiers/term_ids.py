@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,19 +31,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from onereason.terms import (  # noqa: F401  (the term rules live in onereason.terms)
+    MAX_TERM_WORDS,
+    SLOTS,
+    STOPWORDS,
+    base_form,
+    content_words,
+    is_legal_term,
+    is_legal_term_id,
+    normalize_term,
+    parse_terms,
+    words,
+)
+
 logger = logging.getLogger(__name__)
 
-SLOTS = ("category", "function", "feature", "audience", "distinguishing")
-MAX_TERM_WORDS = 3
-_WORD = re.compile(r"[a-z0-9]+")
-_LEGAL = re.compile(rf"^[a-z0-9]+( [a-z0-9]+){{0,{MAX_TERM_WORDS - 1}}}$")
-STOPWORDS = frozenset(
-    """a an the and or of for to in on with by from at as is are be this that these those it its
-    into per your our you we they their them than then so such not no nor can will may
-    all any each other more most very also only just about over under up down out off
-    new inch inches count pack piece pcs pc set x lb oz mm cm ft in n a
-    one two three four five six seven eight nine ten""".split()
-)
 # Words that say who an item is for -> the audience term (checked in this order).
 AUDIENCE_LEXICON: dict[str, tuple[str, ...]] = {
     "laboratory": ("lab", "laboratory", "scientific", "research", "chemistry", "microscope"),
@@ -63,50 +64,6 @@ FALLBACKS = {
     "feature": "standard",
     "audience": DEFAULT_AUDIENCE,
 }
-
-
-# ---------------------------------------------------------------- normalisation
-
-
-def base_form(word: str) -> str:
-    """A deterministic English singular (idempotent: base_form(base_form(w)) == base_form(w))."""
-    if len(word) <= 3 or not word.isalpha():
-        return word
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    if word.endswith("sses"):
-        return word[:-2]
-    if word.endswith(("ches", "shes", "xes", "zes")):
-        return word[:-2]
-    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
-
-
-def words(text: str) -> list[str]:
-    """Lowercase ASCII words of `text`, in base form, stopwords kept."""
-    ascii_text = unicodedata.normalize("NFKD", text or "").encode("ascii", "ignore").decode().lower()
-    return [base_form(w) for w in _WORD.findall(ascii_text)]
-
-
-def content_words(text: str) -> list[str]:
-    return [w for w in words(text) if w not in STOPWORDS and not w.isdigit() and len(w) > 1]
-
-
-def normalize_term(text: str, max_words: int = MAX_TERM_WORDS) -> str:
-    """Free text -> a legal term (its first `max_words` content words), or '' if none."""
-    return " ".join(content_words(text)[:max_words])
-
-
-def is_legal_term(term: str) -> bool:
-    if not isinstance(term, str) or not _LEGAL.match(term):
-        return False
-    return all(w == base_form(w) and w not in STOPWORDS for w in term.split())
-
-
-def is_legal_term_id(terms: Sequence[str], num_terms: int = len(SLOTS)) -> bool:
-    """Exactly `num_terms` legal, distinct terms."""
-    return len(terms) == num_terms and len(set(terms)) == num_terms and all(is_legal_term(t) for t in terms)
 
 
 # ---------------------------------------------------------------- item fields
@@ -422,24 +379,6 @@ def build_prompt(text: str, neighbour_lines: list[str], num_terms: int) -> str:
         text=text,
         slot_line=" | ".join(slots),
     )
-
-
-def parse_terms(output: str, num_terms: int) -> list[str] | None:
-    """Lenient parse of one generation -> normalised terms, or None when not a legal Term ID.
-
-    Accepts `a | b | c | d | e`, commas or semicolons, `slot: term` labels, a leading
-    'Term ID:', and ignores a `<think>…</think>` block; takes the first line that parses.
-    """
-    text = re.sub(r"<think>.*?(</think>|$)", " ", output or "", flags=re.S)
-    for line in text.splitlines():
-        line = re.sub(r"^\s*(term id|answer)\s*:", "", line.strip(), flags=re.I)
-        parts = [p for p in re.split(r"[|;,]", line) if p.strip()]
-        if len(parts) != num_terms:
-            continue
-        terms = [normalize_term(p.split(":", 1)[-1]) for p in parts]
-        if is_legal_term_id(terms, num_terms):
-            return terms
-    return None
 
 
 def _neighbour_lines(i, nbrs, fields, hint_terms, limit=5):

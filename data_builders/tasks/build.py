@@ -43,6 +43,7 @@ from data_builders.tasks.mixture import DEFAULT_MIXTURE, MixtureEntry, load_mixt
 from data_builders.tasks.perception import ITEM_TASKS, PerceptionTasks, association_pairs
 from data_builders.tasks.recommendation import REC_TASKS, RecommendationTasks, RecRow
 from onereason.io import atomic_dir, atomic_write_json, atomic_write_text
+from onereason.tables import read_items, read_split
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +139,7 @@ def read_rows(
     path: Path, split: str, catalog: ItemCatalog, max_history: int, top_k: int, drops: Counter
 ) -> list[RecRow]:
     """Split rows as `RecRow`s; rows whose target is unknown or whose history ends up empty are counted drops."""
-    if not path.exists():
-        raise FileNotFoundError(f"split file not found: {path}")
-    df = pl.read_parquet(path)
-    missing = {"user_id", "history", "target"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)} (see ARCHITECTURE.md, splits on disk)")
+    df = pl.from_arrow(read_split(path))
     if "history_ts" not in df.columns:
         df = df.with_columns(
             pl.col("history").list.eval(pl.int_range(pl.len(), dtype=pl.Int64)).alias("history_ts")
@@ -427,11 +423,9 @@ def build_tasks(config: BuildTasksConfig) -> tuple[Path, dict]:
     from onereason.item_index import ItemIndex
 
     data_dir = Path(config.data_dir)
-    items_path = data_dir / "items.parquet"
-    if not items_path.exists():
-        raise FileNotFoundError(f"items table not found: {items_path} (run onereason build-data first)")
+    items = read_items(data_dir)
     index = ItemIndex.load(config.item_index)
-    catalog = build_catalog(pq.read_table(items_path), index)
+    catalog = build_catalog(items, index)
     if config.mixture:
         entries, mixture_seed = load_mixture(config.mixture)
     else:

@@ -25,7 +25,6 @@ STANDARD_COLUMNS = {"item_id", "title", "description", "brand", "categories", "p
 # A free string column counts as an attribute when it has at most this many distinct values
 # relative to the catalogue (ids, model numbers and long texts are not attributes).
 MAX_ATTRIBUTE_DISTINCT_SHARE = 0.2
-_SID_TOKEN = re.compile(r"<[^<>\s]+>")
 _FIELD_SPEC = re.compile(r"^categories\[(-?\d+)\]$")
 
 
@@ -160,14 +159,9 @@ def build_catalog(items: pa.Table, index=None) -> ItemCatalog:
             if item in index:
                 text = index.sid_text(item)
                 sid_texts[i] = text
-                sid_tokens[i] = itemic_tokens_of(text)
+                sid_tokens[i] = index.sid_format.level_tokens(index.sid(item))
                 t = index.terms(item)
                 terms[i] = list(t) if t else None
     return ItemCatalog(
         item_ids, titles, descriptions, categories, attributes, names, sid_texts, sid_tokens, terms
     )
-
-
-def itemic_tokens_of(sid_text: str) -> tuple[str, ...]:
-    """The level tokens of a SID text, without the begin/end markers (`<|sid_begin|>`...)."""
-    return tuple(t for t in _SID_TOKEN.findall(sid_text) if not t.startswith("<|"))

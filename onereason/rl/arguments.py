@@ -14,6 +14,7 @@ from typing import Any
 import datasets
 
 from onereason.configs import prefer
+from onereason.decoding import THINK_BUDGET
 from onereason.rewards import RewardContext, build_rewards, parse_reward_specs
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class RLArguments:
         },
     )
     think_budget: int = field(
-        default=128, metadata={"help": "Most tokens sampled inside <think> per rollout."}
+        default=THINK_BUDGET, metadata={"help": "Most tokens sampled inside <think> per rollout."}
     )
     num_sids: int = field(
         default=1, metadata={"help": "SIDs per answer; EOS is allowed only after that many."}

@@ -25,6 +25,7 @@ import torch
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
+from onereason.decoding import THINK_BUDGET
 from onereason.rl.rollout import TwoStageGenerator, constrained_log_probs, entropy_of, prompt_mode, sid_starts
 
 
@@ -44,7 +45,7 @@ class ConstrainedGRPOTrainer(GRPOTrainer):
         self,
         *args,
         trie,
-        think_budget: int = 128,
+        think_budget: int = THINK_BUDGET,
         num_sids: int = 1,
         decoding: str = "sample",
         max_sid_tokens: int = 16,

@@ -25,10 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig
 
-from onereason.sid_beam import left_padded
-from onereason.thinking import EMPTY_THINK, SWITCH, THINK_CLOSE, THINK_OPEN
+from onereason.decoding import THINK_BUDGET, ThinkSettings, TwoStageDecoder, sid_token_length
+from onereason.thinking import SWITCH
+
+__all__ = [
+    "Rollout",
+    "TwoStageGenerator",
+    "constrained_log_probs",
+    "prompt_mode",
+    "sid_starts",
+    "sid_token_length",
+]
 
 
 @dataclass
@@ -54,13 +62,13 @@ def prompt_mode(messages: Sequence[dict] | str) -> str:
 
 
 class TwoStageGenerator:
-    """Generate think-then-SID completions with a `SIDTrie` holding the SID part to the catalogue."""
+    """RL rollouts from the two-stage decoder (`onereason.decoding`): think, then SIDs under the trie."""
 
     def __init__(
         self,
         trie,
         tokenizer,
-        think_budget: int = 128,
+        think_budget: int = THINK_BUDGET,
         num_sids: int = 1,
         temperature: float = 1.0,
         decoding: str = "sample",
@@ -78,6 +86,7 @@ class TwoStageGenerator:
             raise ValueError(f"decoding must be 'sample' or 'beam', got {decoding!r}")
         if think_budget < 1:
             raise ValueError(f"think_budget must be at least 1, got {think_budget}")
+        self.decoder = TwoStageDecoder(tokenizer, trie)
         self.trie = trie
         self.tokenizer = tokenizer
         self.think_budget = think_budget
@@ -86,29 +95,19 @@ class TwoStageGenerator:
         self.decoding = decoding
         self.max_sid_tokens = max_sid_tokens
         self.think_sampler = think_sampler
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        self.think_close_id = tokenizer.convert_tokens_to_ids(THINK_CLOSE)
-        if self.think_close_id is None or self.think_close_id == tokenizer.unk_token_id:
-            raise ValueError(
-                f"the tokenizer has no {THINK_CLOSE} token; two-stage rollouts need Qwen3-style think tokens"
-            )
-        self.open_ids = encode(THINK_OPEN + "\n")
-        self.newline_ids = encode("\n")
-        self.answer_sep_ids = encode("\n\n")  # between </think> and the SIDs
-        self.empty_think_ids = encode(EMPTY_THINK)
-        close_forced = [*self.newline_ids, self.think_close_id, *self.answer_sep_ids]
-        self.close_forced_ids = close_forced
-        eos = tokenizer.eos_token_id
-        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.think_close_id = self.decoder.think_close_id
+        self.answer_sep_ids = self.decoder.sep_ids  # between </think> and the SIDs
+        self.eos_ids = self.decoder.eos_ids
+
+    @property
+    def settings(self) -> ThinkSettings:
+        """The think stage's sampling: this generator's budget and temperature, no top-p / top-k."""
+        return ThinkSettings(budget=self.think_budget, temperature=self.temperature)
 
     @property
     def max_completion_tokens(self) -> int:
         """The longest completion this generator can produce."""
-        think = len(self.open_ids) + self.think_budget + len(self.close_forced_ids)
-        return max(think, len(self.empty_think_ids)) + self.num_sids * self.max_sid_tokens + 1
-
-    # ------------------------------------------------------------------ public
+        return self.decoder.longest_think(self.think_budget) + self.num_sids * self.max_sid_tokens + 1
 
     @torch.no_grad()
     def generate(
@@ -124,127 +123,55 @@ class TwoStageGenerator:
             groups = [[i] for i in range(len(prompt_ids))]
         leaders = [g[0] for g in groups]
         # Stage 1: one think block per group (per row when sampling).
-        thinks = self._think(model, [prompt_ids[i] for i in leaders], [modes[i] for i in leaders])
+        blocks = self.decoder.think(
+            model,
+            [prompt_ids[i] for i in leaders],
+            [modes[i] for i in leaders],
+            self.settings,
+            self.think_sampler,
+        )
+        thinks = [b[0] for b in blocks]
         # Stage 2: SIDs under the trie.
-        heads = [prompt_ids[i] + thinks[k][0] for k, i in enumerate(leaders)]
+        heads = [prompt_ids[i] + thinks[k].ids for k, i in enumerate(leaders)]
         if self.decoding == "beam":
             answers = self._beam_answers(model, heads, [len(g) for g in groups])
         else:
-            answers = [[a] for a in self._sample_answers(model, heads)]
+            sampled = self.decoder.sample_sids(
+                model, heads, self.temperature, self.num_sids, self.max_sid_tokens
+            )
+            answers = [[a] for a in sampled]
         n = len(prompt_ids)
         completion_ids: list[list[int]] = [[] for _ in range(n)]
         env_mask: list[list[int]] = [[] for _ in range(n)]
         sid_start = [0] * n
         beam_rank: list[int | None] = [None] * n
         for k, group in enumerate(groups):
-            think_ids, think_mask = thinks[k]
+            think = thinks[k]
             for rank, row in enumerate(group):
                 answer = answers[k][rank]
-                completion_ids[row] = think_ids + answer
-                env_mask[row] = think_mask + [1] * len(answer)
-                sid_start[row] = len(think_ids)
+                completion_ids[row] = think.ids + answer
+                env_mask[row] = think.mask + [1] * len(answer)
+                sid_start[row] = len(think.ids)
                 beam_rank[row] = rank if self.decoding == "beam" else None
         return Rollout(prompt_ids, completion_ids, env_mask, sid_start, list(modes), beam_rank)
 
-    # ------------------------------------------------------------------ stage 1
-
-    def _think(
-        self, model, prompts: list[list[int]], modes: Sequence[str]
-    ) -> list[tuple[list[int], list[int]]]:
-        """Per prompt: (ids of the think block up to and including the forced `\\n\\n`, env mask)."""
-        out: list[tuple[list[int], list[int]] | None] = [None] * len(prompts)
-        thinking = [i for i, m in enumerate(modes) if m == "think"]
-        for i, m in enumerate(modes):
-            if m != "think":
-                out[i] = (list(self.empty_think_ids), [0] * len(self.empty_think_ids))
-        heads = [prompts[i] + self.open_ids for i in thinking]
-        if self.think_sampler is not None:
-            # Every prompt goes to the sampler, not only the thinking ones: TRL's vLLM generation
-            # gathers prompts across ranks and slices the results back assuming each rank sent as
-            # many. The no-think rows' samples are dropped.
-            every = self.think_sampler([p + self.open_ids for p in prompts])
-            sampled = [list(every[i])[: self.think_budget] for i in thinking]
-        elif heads:
-            config = GenerationConfig(
-                do_sample=True,
-                temperature=self.temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=self.think_budget,
-                eos_token_id=[self.think_close_id, *self.eos_ids],
-                pad_token_id=self.pad_id,
-            )
-            sampled = self._generate(model, heads, config)
-        else:
-            sampled = []
-        for i, new in zip(thinking, sampled):
-            trace, mask = self._close_trace(new)
-            out[i] = (self.open_ids + trace, [0] * len(self.open_ids) + mask)
-        return out  # type: ignore[return-value]
-
-    def _close_trace(self, new: list[int]) -> tuple[list[int], list[int]]:
-        """Sampled think tokens → (tokens through the forced `\\n\\n`, mask); closes an unfinished trace."""
-        if self.think_close_id in new:
-            cut = new.index(self.think_close_id) + 1
-            return new[:cut] + self.answer_sep_ids, [1] * cut + [0] * len(self.answer_sep_ids)
-        stop = next((j for j, t in enumerate(new) if t in self.eos_ids), len(new))
-        kept = new[:stop]  # an EOS inside the think block is dropped: the turn cannot end before the answer
-        return kept + self.close_forced_ids, [1] * len(kept) + [0] * len(self.close_forced_ids)
-
-    # ------------------------------------------------------------------ stage 2
-
-    def _answer_config(self, **kwargs) -> GenerationConfig:
-        return GenerationConfig(
-            max_new_tokens=self.num_sids * self.max_sid_tokens + 1,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.pad_id,
-            **kwargs,
-        )
-
-    def _sample_answers(self, model, heads: list[list[int]]) -> list[list[int]]:
-        config = self._answer_config(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
-        return [self._until_eos(a) for a in self._generate(model, heads, config, constrained=True)]
-
     def _beam_answers(self, model, heads: list[list[int]], sizes: list[int]) -> list[list[list[int]]]:
-        """Top-`size` beams per head (heads with the same group size are batched together)."""
+        """Top-`size` beams per head (heads with the same group size are batched together).
+
+        When the trie has fewer SIDs than a group has rows, the best beam fills the missing ranks.
+        """
         out: list[list[list[int]] | None] = [None] * len(heads)
         for size in sorted(set(sizes)):
             which = [k for k, s in enumerate(sizes) if s == size]
-            config = self._answer_config(
-                do_sample=False, num_beams=size, num_return_sequences=size, early_stopping=True
-            )
-            beams = self._generate(model, [heads[k] for k in which], config, constrained=True)
+            beams, scores = self.decoder.sid_beams(model, [heads[k] for k in which], size, self.num_sids)
             for j, k in enumerate(which):
-                out[k] = [self._until_eos(b) for b in beams[j * size : (j + 1) * size]]
+                ranked = [
+                    self.decoder.until_eos(beams[j * size + b])
+                    for b in range(size)
+                    if scores[j * size + b] != float("-inf")
+                ]
+                out[k] = ranked + [ranked[0]] * (size - len(ranked))
         return out  # type: ignore[return-value]
-
-    def _until_eos(self, ids: list[int]) -> list[int]:
-        for j, t in enumerate(ids):
-            if t in self.eos_ids:
-                return ids[: j + 1]
-        return ids
-
-    def _generate(self, model, heads: list[list[int]], config: GenerationConfig, constrained: bool = False):
-        """Left-padded batch generation; returns the new tokens of each returned sequence."""
-        device = next(model.parameters()).device
-        input_ids, attention_mask = left_padded(heads, self.pad_id)
-        width = input_ids.shape[1]
-        kwargs = {}
-        if constrained:
-            kwargs["logits_processor"] = [self.trie.logits_processor(width, num_sids=self.num_sids)]
-        out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            generation_config=config,
-            **kwargs,
-        )
-        return [row.tolist() for row in out[:, width:].cpu()]
-
-
-def sid_token_length(index, tokenizer, sample: int = 1000) -> int:
-    """Tokens of the longest SID among the first `sample` items (SID formats have a fixed length)."""
-    items = index.item_ids[:sample]
-    return max(len(tokenizer(index.sid_text(i), add_special_tokens=False)["input_ids"]) for i in items)
 
 
 def _groups(prompt_ids: list[list[int]], group_size: int) -> list[list[int]]:
@@ -284,15 +211,7 @@ def constrained_log_probs(
     tokens with no probability get log-prob 0 rather than -inf, so positions the loss masks
     out (padding) cannot turn it into NaN.
     """
-    # Spare columns of padding on the right: `SIDTrie.constrain_logits` reads up to
-    # sid_length-1 columns past a position that starts a new SID, and indexed past the end
-    # when a row's SID part ended exactly at the last column (reported to the trie's owner).
-    spare = getattr(trie, "sid_length", 1)
-    padded_ids = torch.nn.functional.pad(completion_ids, (0, spare), value=0)
-    padded_logits = torch.nn.functional.pad(logits, (0, 0, 0, spare))
-    constrained = trie.constrain_logits(padded_logits, padded_ids, sid_start, num_sids=num_sids)[
-        :, : logits.size(1)
-    ]
+    constrained = trie.constrain_logits(logits, completion_ids, sid_start, num_sids=num_sids)
     dead = (constrained == float("-inf")).all(dim=-1, keepdim=True)
     constrained = torch.where(dead, logits, constrained)
     logp = torch.log_softmax(constrained.float(), dim=-1)

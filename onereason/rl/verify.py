@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from onereason.decoding import THINK_BUDGET
 from onereason.rewards import RewardContext, hit_reward
 from onereason.rl.rollout import TwoStageGenerator, prompt_mode
 
@@ -95,7 +96,13 @@ def sample_verified(
 
 
 def hit_rate(
-    model, tokenizer, trie, index, rows: Sequence[dict], think_budget: int = 64, batch_size: int = 16
+    model,
+    tokenizer,
+    trie,
+    index,
+    rows: Sequence[dict],
+    think_budget: int = THINK_BUDGET,
+    batch_size: int = 16,
 ) -> float:
     """Share of rows whose top-1 constrained answer (greedy SIDs after the row's think mode) hits a target."""
     if not rows:

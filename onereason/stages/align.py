@@ -97,20 +97,9 @@ def read_item_texts(items_path: str | None) -> dict[str, str] | None:
     """item_id -> "title. description" from a build-data items.parquet (None when not given)."""
     if not items_path:
         return None
-    import pyarrow.parquet as pq
+    from onereason.tables import read_items
 
-    path = Path(items_path)
-    if path.is_dir():
-        path = path / "items.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"items_path {str(path)!r} does not exist (an items.parquet from `onereason build-data`)"
-        )
-    table = pq.read_table(path)
-    for column in ("item_id", "title"):
-        if column not in table.column_names:
-            raise ValueError(f"{path}: no {column!r} column; it has {table.column_names}")
-    rows = table.to_pylist()
+    rows = read_items(items_path).to_pylist()
     return {
         str(r["item_id"]): ". ".join(t for t in (r.get("title"), r.get("description")) if t) for r in rows
     }

@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, Any
 import datasets
 
 from onereason.io import atomic_write_json, read_json
+from onereason.item_index import ITEM_INDEX_FILE
+from onereason.tasks import KNOWN_TASKS, MODES, PERCEPTION_TASKS, RECOMMENDATION_TASKS  # noqa: F401
+from onereason.vocab import check_itemic_tokens  # noqa: F401  (stages import it from here)
 
 if TYPE_CHECKING:  # imported lazily: item_index / peft are only needed by some callers
     import trl
@@ -33,16 +36,11 @@ if TYPE_CHECKING:  # imported lazily: item_index / peft are only needed by some 
 
 logger = logging.getLogger(__name__)
 
-ITEM_INDEX_FILE = "item_index.json"
 # One line per stage that produced this model, oldest first; `onereason push` turns it
 # into the model card's "Training stages" section.
 HISTORY_FILE = "onereason_history.json"
 
-# Task names of the task-dataset contract (docs/ARCHITECTURE.md "task datasets").
-PERCEPTION_TASKS = ("caption", "text2sid", "sid2term", "term2sid", "item_qa", "association")
-RECOMMENDATION_TASKS = ("rec_sid", "rec_term", "rec_hybrid", "rec_multi", "rec_behavior")
-KNOWN_TASKS = (*RECOMMENDATION_TASKS, *PERCEPTION_TASKS, "text")
-KNOWN_MODES = ("think", "no_think")
+KNOWN_MODES = MODES  # task names and modes: onereason.tasks
 
 
 @dataclass
@@ -187,41 +185,7 @@ def resolve_item_index(args: DataArguments, model_name_or_path: str) -> ItemInde
     """The item index for this run: `args.item_index`, else `item_index.json` beside the model."""
     from onereason.item_index import ItemIndex
 
-    if args.item_index:
-        path = Path(args.item_index)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"item_index {str(path)!r} does not exist (build it with `onereason build-ids`)"
-            )
-        return ItemIndex.load(path)
-    local = Path(model_name_or_path) / ITEM_INDEX_FILE
-    if local.is_file():
-        return ItemIndex.load(local)
-    if Path(model_name_or_path).exists():
-        raise FileNotFoundError(
-            f"{model_name_or_path} has no {ITEM_INDEX_FILE}; pass item_index: <path to item_index.json>"
-        )
-    # A Hub id: a model pushed by `onereason push` carries its index.
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return ItemIndex.load(hf_hub_download(model_name_or_path, ITEM_INDEX_FILE))
-    except Exception as err:  # offline, missing file, private repo: one message that says what to do
-        raise FileNotFoundError(
-            f"could not get {ITEM_INDEX_FILE} for {model_name_or_path!r} ({type(err).__name__}: {err}); "
-            "pass item_index: <path to item_index.json>"
-        ) from err
-
-
-def check_itemic_tokens(tokenizer, index: ItemIndex) -> None:
-    """Fail early when the tokenizer lacks the index's itemic tokens (alignment not run yet)."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in index.itemic_tokens() if t not in vocab]
-    if missing:
-        raise ValueError(
-            f"the tokenizer lacks {len(missing)} itemic token(s) of the item index (e.g. {missing[:3]}); "
-            "run the `align` stage first (it adds them), or start from a model that has them"
-        )
+    return ItemIndex.resolve(model_name_or_path, args.item_index)
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:

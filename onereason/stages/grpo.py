@@ -10,27 +10,19 @@ restarted with the same command resumes from its newest checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from trl import GRPOConfig, ModelConfig
 
 from onereason.rl.arguments import RLArguments, build_rl_trainer, run_record
 from onereason.stages.common import DataArguments, finish_run, resume_checkpoint
 
-
-@dataclass
-class OneReasonGRPOConfig(GRPOConfig):
-    """TRL's `GRPOConfig`; every field is TRL's, documented in TRL."""
-
-
-CONFIG_CLASSES = (ModelConfig, DataArguments, RLArguments, OneReasonGRPOConfig)
+CONFIG_CLASSES = (ModelConfig, DataArguments, RLArguments, GRPOConfig)
 
 
 def run(
     model_args: ModelConfig,
     data_args: DataArguments,
     rl_args: RLArguments,
-    training_args: OneReasonGRPOConfig,
+    training_args: GRPOConfig,
 ):
     from onereason.rl.grpo_trainer import ConstrainedGRPOTrainer
 

@@ -37,12 +37,7 @@ class PPOArguments:
     )
 
 
-@dataclass
-class OneReasonPPOConfig(GRPOConfig):
-    """TRL's `GRPOConfig` fields drive the policy side of PPO (rollouts, clipping, epochs, KL)."""
-
-
-CONFIG_CLASSES = (ModelConfig, DataArguments, RLArguments, PPOArguments, OneReasonPPOConfig)
+CONFIG_CLASSES = (ModelConfig, DataArguments, RLArguments, PPOArguments, GRPOConfig)
 
 
 def run(
@@ -50,7 +45,7 @@ def run(
     data_args: DataArguments,
     rl_args: RLArguments,
     ppo_args: PPOArguments,
-    training_args: OneReasonPPOConfig,
+    training_args: GRPOConfig,
 ):
     from onereason.rl.ppo_trainer import VALUE_HEAD_ATTR, ConstrainedPPOTrainer
 

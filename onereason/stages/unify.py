@@ -26,6 +26,7 @@ from pathlib import Path
 import datasets
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
+from onereason.decoding import THINK_BUDGET
 from onereason.io import atomic_dir, atomic_write_json, read_json
 from onereason.stages.common import (
     HISTORY_FILE,
@@ -67,7 +68,7 @@ class UnifyArguments:
         default=None, metadata={"help": "Cap on prompts sampled per domain."}
     )
     think_budget: int = field(
-        default=128, metadata={"help": "Think-token budget of the verification rollouts."}
+        default=THINK_BUDGET, metadata={"help": "Think-token budget of the verification rollouts."}
     )
     num_sids: int = field(default=1, metadata={"help": "SIDs per answer."})
     temperature: float = field(
@@ -88,12 +89,7 @@ class UnifyArguments:
             raise ValueError(f"samples_per_prompt must be positive, got {self.samples_per_prompt}")
 
 
-@dataclass
-class OneReasonUnifySFTConfig(SFTConfig):
-    """TRL's `SFTConfig` for the unified model's rejection-sampling fine-tuning."""
-
-
-CONFIG_CLASSES = (ModelConfig, DataArguments, UnifyArguments, OneReasonUnifySFTConfig)
+CONFIG_CLASSES = (ModelConfig, DataArguments, UnifyArguments, SFTConfig)
 
 
 def slug(domain: str) -> str:
@@ -233,7 +229,7 @@ def run(
     model_args: ModelConfig,
     data_args: DataArguments,
     args: UnifyArguments,
-    training_args: OneReasonUnifySFTConfig,
+    training_args: SFTConfig,
 ):
     train = load_task_dataset(data_args, "train", seed=training_args.seed)
     domains = domains_of(train, args)

@@ -1,4 +1,4 @@
-"""A tiny, learnable recommendation task: smoke tests, RL learning tests and benchmarks.
+"""A tiny, learnable recommendation task for the RL tests and benchmarks (not part of the library).
 
 Each item has a cue word; a prompt names the cue of the item the user wants next, so a
 policy can learn the answer from the prompt alone — which is what a short RL run on a
