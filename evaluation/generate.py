@@ -14,6 +14,7 @@ budget; they differ only in what comes before the SIDs:
   marginalised out; a SID missing from a trace's beams counts 0 there), `merge="max"` by its
   best log-probability.
 
+Both stages run on `onereason.decoding.TwoStageDecoder`, the decoder RL rollouts use too.
 SID answers are decoded by `onereason.sid_beam.constrained_beam_search`, which encodes each
 head (prompt, or prompt + think block) once and copies its KV cache to the beams, instead
 of `generate(num_beams=K)`, which encodes every head K times. Beam scores are the model's
@@ -29,7 +30,7 @@ trie or tokenizer.
 
 `answer="term"` (Term-ID models) decodes free text with the same beams, reads
 `[term, term, …]` from each beam and grounds it to catalogue items with
-`data_builders.identifiers.grounding.ElasticGrounder`; beams contribute their grounded
+`onereason.terms.ElasticGrounder`; beams contribute their grounded
 items in beam order.
 
 Latency: users are generated in batches, so a user's latency is its batch's wall time
