@@ -94,7 +94,7 @@ def _fmt(x) -> str:
 
 def markdown(results, comparisons, columns, meta) -> str:
     lines = [f"# Evaluation report — {meta.get('protocol', '')}", ""]
-    for key in ("data", "n_examples", "drops"):
+    for key in ("data", "n_examples", "drops", "ranking"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
     lines += ["", "## Item level (collisions expanded; K counts item positions)", ""]

@@ -36,6 +36,8 @@ from evaluation.protocols import (
     read_split,
 )
 from evaluation.report import RunResult, write_report
+from evaluation.sasrec import sasrec_baseline
+from onereason.configs import prefer
 from onereason.consistency import (
     SafetyArguments,
     check_collisions,
@@ -51,7 +53,7 @@ from onereason.io import check_output_dir, make_output_dir
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("popularity", "cooccurrence")
+BASELINES = ("popularity", "cooccurrence", "sasrec")
 
 
 @dataclass
@@ -80,7 +82,8 @@ class EvalConfig:
     max_history: int = field(default=20, metadata={"help": "history items shown in plain prompts"})
     max_examples: int | None = field(default=None, metadata={"help": "evaluate only the first N examples"})
     baselines: list[str] = field(
-        default_factory=lambda: list(BASELINES), metadata={"help": "popularity, cooccurrence"}
+        default_factory=lambda: ["popularity", "cooccurrence"],
+        metadata={"help": "popularity, cooccurrence, sasrec (trained on the train split; minutes on a CPU)"},
     )
     train_split: str | None = field(
         default=None, metadata={"help": "train split for baselines (default: <data>/splits/train.parquet)"}
@@ -95,8 +98,13 @@ class EvalConfig:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
-        if self.compare:
-            self.modes = ["no_think", "think"]
+        if self.compare and sorted(self.modes) != ["no_think", "think"]:
+            # `compare` means both modes; an explicit `modes` beats a recipe's `compare`, and vice versa.
+            clash = f"--compare true --modes {' '.join(self.modes)}"
+            if prefer((self, "compare"), (self, "modes"), clash) == "compare":
+                self.modes = ["no_think", "think"]
+            else:
+                self.compare = False
         bad = [m for m in self.modes if m not in ("think", "no_think")]
         if bad:
             raise ValueError(f"modes must be think and/or no_think, got {bad}")
@@ -140,6 +148,35 @@ def train_rows(cfg: EvalConfig) -> list[dict] | None:
     return read_split(default) if default.exists() else None
 
 
+def ranking_depth(ks: Sequence[int], num_beams: int | None) -> tuple[tuple[int, ...], str]:
+    """The cut-offs every row of a report can be scored at, and the sentence that says so.
+
+    A model's list holds the items behind its `num_beams` SIDs, so K may not exceed the beams
+    (MRR too is taken over that depth): K is cut for models and baselines alike, and the
+    baselines rank exactly as deep as the models.
+    """
+    if num_beams is None:
+        return tuple(ks), f"baselines rank the top {max(ks)} items of the whole catalogue"
+    kept = tuple(k for k in ks if k <= num_beams)
+    if not kept:
+        raise ValueError(f"num_beams {num_beams} is below every cut-off of the protocol {list(ks)}")
+    cut = [k for k in ks if k > num_beams]
+    note = (
+        f"models rank the items behind their {num_beams} beams (trie-constrained SIDs), baselines the "
+        f"top {max(kept)} items of the whole catalogue; K <= {max(kept)} for every row"
+    )
+    if cut:
+        note += f" (K = {', '.join(map(str, cut))} not shown: deeper than the beams)"
+    return kept, note
+
+
+def valid_rows(cfg: EvalConfig) -> list[dict] | None:
+    """Validation split rows beside the train split (SASRec stops on them), if there are any."""
+    train = Path(cfg.train_split) if cfg.train_split else Path(cfg.data_path) / "splits" / "train.parquet"
+    path = train.with_name("valid.parquet")
+    return read_split(path) if path.exists() and path.suffix == ".parquet" else None
+
+
 def score(name: str, checkpoint: str, mode: str, run: list[dict], ks, wall_s: float | None) -> RunResult:
     has_sids = all(r.get("target_sids") for r in run)
     return RunResult(
@@ -164,8 +201,11 @@ def run_baselines(
     test = [ex.to_row() for ex in examples]
     out = []
     for name in cfg.baselines:
-        fn = popularity_baseline if name == "popularity" else cooccurrence_baseline
-        run = fn(train, test, k=max(ks))
+        if name == "sasrec":
+            run = sasrec_baseline(train, test, k=max(ks), valid_rows=valid_rows(cfg), items=index.item_ids)
+        else:
+            fn = popularity_baseline if name == "popularity" else cooccurrence_baseline
+            run = fn(train, test, k=max(ks))
         for record in run:  # SID view of the baseline's ranking, for SID-level metrics
             record["target_sids"] = list(dict.fromkeys(index.sid_text(t) for t in record["targets"]))
             record["ranked_sids"] = list(
@@ -216,6 +256,7 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
     if not cfg.models and not cfg.baselines:
         raise ValueError("nothing to evaluate: give models and/or baselines")
     protocol = PROTOCOLS[cfg.protocol]
+    ks, depth = ranking_depth(protocol.ks, decoding.num_beams if cfg.models else None)
     out = Path(cfg.out_dir)
     index = (
         load_item_index(cfg.models[0], cfg.item_index) if cfg.models else load_item_index("", cfg.item_index)
@@ -248,10 +289,11 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
                 cfg.shard_size,
                 model_and_tokenizer=loaded,
             )
-            results.append(score(f"{name}/{mode}", name, mode, run, protocol.ks, wall))
-    baselines, skipped = run_baselines(cfg, examples, index, protocol.ks)
+            results.append(score(f"{name}/{mode}", name, mode, run, ks, wall))
+    baselines, skipped = run_baselines(cfg, examples, index, ks)
     meta = {
         "protocol": cfg.protocol,
+        "ranking": depth,
         "data": f"{cfg.data_path} ({kind}, split {cfg.split})",
         "n_examples": len(examples),
         "drops": drops,
@@ -265,7 +307,7 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
     if not PartialState().is_main_process:
         return {}
     return write_report(
-        out, results + baselines, protocol.ks, protocol.families, meta, cfg.n_bootstrap, cfg.bootstrap_seed
+        out, results + baselines, ks, protocol.families, meta, cfg.n_bootstrap, cfg.bootstrap_seed
     )
 
 

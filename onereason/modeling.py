@@ -50,11 +50,18 @@ class SizePreset:
     intermediate_size: int
     vocab_size: int  # BPE vocabulary before added tokens
     max_position_embeddings: int = 2048
+    attention_dropout: float = 0.0  # Qwen3's only dropout; regularises the small from-scratch presets
 
 
 SIZE_PRESETS: dict[str, SizePreset] = {
     # ~0.3M parameters: unit tests.
     "tiny": SizePreset(64, 2, 4, 2, 128, vocab_size=3000),
+    # ~1M parameters: from-scratch recommenders on a CPU for catalogues up to ~10k items
+    # (Amazon Scientific: 4,344). The rule, as for SASRec: the model only has to tell the
+    # catalogue's items apart and relate them, so width grows with the catalogue, not the
+    # text: d=128 for <= 10k items, `small` (d=256) for <= 100k, `base` beyond; a small BPE
+    # vocabulary because sequence rows are almost all itemic tokens.
+    "rec": SizePreset(128, 2, 4, 2, 512, vocab_size=2000, attention_dropout=0.1),
     # ~5M parameters: CPU demos and the quickstart.
     "small": SizePreset(256, 4, 4, 2, 768, vocab_size=6000),
     # ~40M parameters: from-scratch runs on one GPU (the Scientific recipe).
@@ -122,6 +129,7 @@ def build_model(tokenizer: PreTrainedTokenizerBase, preset: str = "tiny", seed: 
         num_key_value_heads=p.num_key_value_heads,
         head_dim=p.hidden_size // p.num_attention_heads,
         max_position_embeddings=p.max_position_embeddings,
+        attention_dropout=p.attention_dropout,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,

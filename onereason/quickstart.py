@@ -41,6 +41,10 @@ class QuickstartConfig:
         default=None, metadata={"help": "Run only these steps (names as printed); default: all."}
     )
     fresh: bool = field(default=False, metadata={"help": "Ignore finished steps and run everything again."})
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the model and every training stage (the synthetic world stays the same)."},
+    )
 
 
 def steps(out: Path, recipes: Path) -> list[tuple[str, str, list[str]]]:
@@ -151,6 +155,17 @@ def steps(out: Path, recipes: Path) -> list[tuple[str, str, list[str]]]:
     ]
 
 
+SEEDED_STEPS = ("model", "align", "sft", "grpo")
+
+
+def seeded(plan: list[tuple[str, str, list[str]]], seed: int) -> list[tuple[str, str, list[str]]]:
+    """The plan with `--seed` on the steps that start from random weights or sample batches."""
+    return [
+        (name, cmd, argv + ["--seed", str(seed)] if name in SEEDED_STEPS else argv)
+        for name, cmd, argv in plan
+    ]
+
+
 def step_output(argv: list[str]) -> Path | None:
     for flag in ("--output_dir", "--out_dir"):
         if flag in argv:
@@ -171,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     # The folder must be ours (or new, or empty); one from before markers is recognised by its step files.
     legacy = out.is_dir() and any(out.glob(DONE.replace("step", "*")))
     make_output_dir(out, overwrite=legacy, what="--out", replaces=False)
-    plan = steps(out, Path(config.recipes))
+    plan = seeded(steps(out, Path(config.recipes)), config.seed)
     unknown = set(config.stages or ()) - {name for name, _, _ in plan}
     if unknown:
         raise SystemExit(

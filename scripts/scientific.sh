@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Scientific recipe end to end (docs/RESULTS.md): data -> SIDs -> model -> tasks -> SFT -> GRPO -> eval.
 #   bash scripts/scientific.sh gpu            # one GPU (bf16, preset `base`)
-#   bash scripts/scientific.sh cpu            # CPU variant (preset `small`, capped steps, 500 test users)
+#   bash scripts/scientific.sh cpu            # CPU variant (preset `rec`, sequence rows, every test user, non-thinking)
 #   bash scripts/scientific.sh gpu sft eval   # only some steps (data ids model tasks sft grpo eval)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ for step in $steps; do
     eval)  models=(runs/scientific/models/sft-$variant)
            [ -d runs/scientific/models/grpo-$variant ] && models+=(runs/scientific/models/grpo-$variant)
            run eval --config $r/eval.yaml --models "${models[@]}" --out_dir runs/scientific/eval-$variant \
-             $( [ "$variant" = cpu ] && echo --batch_size 16 --max_examples 500 ) ;;
+             $( [ "$variant" = cpu ] && echo --compare false --modes no_think ) ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

@@ -41,8 +41,9 @@ from data_builders.tasks.interests import InterestRecovery
 from data_builders.tasks.leakage import LeakageMeter, find_leaks
 from data_builders.tasks.mixture import DEFAULT_MIXTURE, MixtureEntry, load_mixture, parse_mixture
 from data_builders.tasks.perception import ITEM_TASKS, PerceptionTasks, association_pairs
-from data_builders.tasks.recommendation import REC_TASKS, RecommendationTasks, RecRow
+from data_builders.tasks.recommendation import REC_TASKS, RecommendationTasks, RecRow, sequence_window_ends
 from onereason.io import atomic_dir, atomic_write_json, atomic_write_text
+from onereason.sequence_loss import SEQUENCE_TASKS
 from onereason.tables import read_items, read_split
 
 logger = logging.getLogger(__name__)
@@ -262,10 +263,17 @@ class TaskBuilder:
 
     def rec_plan(self, split: str, rows: list[RecRow]) -> list[tuple[MixtureEntry, np.ndarray]]:
         plan = []
+        window_ends = None
         for entry in self.entries:
-            if entry.task not in REC_TASKS:
-                continue
-            reasons = [self.rec.ineligible(entry.task, r) for r in rows]
+            if entry.task not in REC_TASKS or (entry.task in SEQUENCE_TASKS and split != "train"):
+                continue  # sequence rows train; evaluation reads the per-target rows
+            if entry.task in SEQUENCE_TASKS and window_ends is None:
+                window_ends = sequence_window_ends(rows)
+            reasons = [
+                "inside_a_longer_window" if entry.task in SEQUENCE_TASKS and not window_ends[k] else None
+                for k in range(len(rows))
+            ]
+            reasons = [why or self.rec.ineligible(entry.task, r) for why, r in zip(reasons, rows)]
             for reason in reasons:
                 if reason:
                     self.ineligible[f"{split}/{entry.task}:{reason}"] += 1

@@ -26,7 +26,7 @@ COLUMNS = [
     (
         "task",
         "string",
-        "rec_sid, rec_term, rec_hybrid, rec_multi, rec_behavior, caption, text2sid, sid2term, term2sid, item_qa, association",
+        "rec_sid, rec_seq, rec_term, rec_hybrid, rec_multi, rec_behavior, caption, text2sid, sid2term, term2sid, item_qa, association",
     ),
     ("mode", "string", "think or no_think"),
     ("user_id", "string", "empty for item-level tasks"),
@@ -72,6 +72,11 @@ def dataset_card(config, stats: dict, dataset_dict) -> str:
         "`onereason build-tasks`. Thinking answers are `<think>\\n{trace}\\n</think>\\n\\n{answer}`; "
         "non-thinking answers carry an empty think block (Qwen3 convention). A thinking and a "
         "non-thinking prompt for the same example differ only in the trailing `/think` / `/no_think`.",
+        "Which rows are which: `rec_seq` rows (train split only) are sequence-level: one per window of "
+        "a user's training sequence, shaped like a non-thinking `rec_sid` row, and `onereason train` "
+        "(SFT) puts the loss on every SID in them, so each history item is learnt as the next item "
+        "of those before it. `rec_sid` rows are per target (one row per prediction, both modes); "
+        "thinking rows, RL and evaluation use them.",
         "## Columns",
         _table(["column", "type", "meaning"], [list(c) for c in COLUMNS]),
         "## Examples per split, task and mode",

@@ -1,10 +1,13 @@
 """Recommendation tasks: a history -> the next item(s), in TRL conversational prompt/completion form.
 
-Five tasks, one row of the split each (a user's history and what came next):
+Six tasks, one row of the split each (a user's history and what came next):
 
 | task | answer |
 | --- | --- |
 | `rec_sid` | the next item's SID |
+| `rec_seq` | the same row as `rec_sid` (same prompt text), built only for the train rows that end a
+  user's windows (`sequence_window_ends`): SFT puts the loss on *every* SID of the row, each
+  history item predicted from those before it, so one row teaches a whole training sequence |
 | `rec_term` | its Term ID (the history is shown by Term IDs too) |
 | `rec_hybrid` | its SID then its title |
 | `rec_multi` | the next `top_k` items' SIDs, back to back (the trie decodes them one after another) |
@@ -20,9 +23,30 @@ from dataclasses import dataclass
 from data_builders.tasks.catalog import ItemCatalog
 from data_builders.tasks.history import HistoryRenderer, HistoryStyle, clip, render_terms
 from data_builders.tasks.phrasing import load_templates, pick
+from onereason.sequence_loss import SEQUENCE_TASKS
 from onereason.thinking import format_answer, with_switch
 
-REC_TASKS = ("rec_sid", "rec_term", "rec_hybrid", "rec_multi", "rec_behavior")
+REC_TASKS = ("rec_sid", "rec_seq", "rec_term", "rec_hybrid", "rec_multi", "rec_behavior")
+
+
+def sequence_window_ends(rows: list[RecRow]) -> list[bool]:
+    """Which rows end a window of a user's training sequence (rows grouped by user, oldest first).
+
+    A user's rows are prefixes of one sequence: the row whose target is item j shows the
+    (at most `max_history`) items before j. The last row covers its history and target; the
+    next window ends at the item just before that history begins, and so on back. Every item
+    but the user's first is then a next item of exactly one window.
+    """
+    ends = [False] * len(rows)
+    by_user: dict[str, list[int]] = {}
+    for k, row in enumerate(rows):
+        by_user.setdefault(row.user_id, []).append(k)
+    for ks in by_user.values():
+        pos = len(ks) - 1
+        while pos >= 0:
+            ends[ks[pos]] = True
+            pos -= len(rows[ks[pos]].history)
+    return ends
 
 
 @dataclass
@@ -99,7 +123,8 @@ class RecommendationTasks:
         t = self.templates
         render = self.render["term" if task == "rec_term" else "sid"]
         header = pick(t["history_header"], self.seed, "header", row.key, copy)
-        question = pick(t["question"][task], self.seed, task, row.key, copy)
+        phrasing = "rec_sid" if task in SEQUENCE_TASKS else task  # byte-identical to the rec_sid row
+        question = pick(t["question"][phrasing], self.seed, phrasing, row.key, copy)
         question = question.format(k=len(row.targets[: self.top_k]), verb=self.verb(row.event))
         return f"{header}\n{render(row.history)}\n{question}"
 

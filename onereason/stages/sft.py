@@ -9,13 +9,15 @@ completions table for wandb, resumes a killed run and saves a complete model fol
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import datasets
-from transformers import GenerationConfig
+from transformers import EarlyStoppingCallback, GenerationConfig
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
+from onereason.sequence_loss import has_sequence_rows, label_tokens, tokenize_with_sequence_loss
 from onereason.stages.common import (
     DataArguments,
     check_itemic_tokens,
@@ -25,6 +27,7 @@ from onereason.stages.common import (
     resolve_item_index,
     resume_checkpoint,
 )
+from onereason.stages.validation import RankingCallback, ranking_rows, ranking_subset
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,21 @@ class SFTArguments:
     completions_max_new_tokens: int = field(
         default=128, metadata={"help": "Length limit of the completions in that table."}
     )
+    ranking_eval_users: int = field(
+        default=0,
+        metadata={
+            "help": "At every evaluation, rank this many validation users (non-thinking rec_sid rows) by "
+            "trie-constrained beam search and log eval_hit@10 / eval_ndcg@10 (0 turns it off). Pair with "
+            "metric_for_best_model: eval_ndcg@10 and load_best_model_at_end: true to keep the best checkpoint."
+        },
+    )
+    ranking_eval_beams: int = field(default=20, metadata={"help": "Beams of that ranking."})
+    early_stopping_patience: int = field(
+        default=0,
+        metadata={
+            "help": "Stop after this many evaluations without a better metric_for_best_model (0: never)."
+        },
+    )
 
 
 @dataclass
@@ -65,7 +83,7 @@ def training_rows(data: datasets.Dataset) -> datasets.Dataset:
 
 
 def load_splits(data_args: DataArguments, training_args: SFTConfig):
-    """Train rows, and validation rows when the run evaluates."""
+    """Train rows, and validation rows when the run evaluates (prompt and completion only)."""
     train = training_rows(load_task_dataset(data_args, "train", seed=training_args.seed))
     evaluate = training_args.eval_strategy != "no"
     valid = (
@@ -74,6 +92,32 @@ def load_splits(data_args: DataArguments, training_args: SFTConfig):
         else None
     )
     return train, valid
+
+
+def sft_splits(data_args: DataArguments, sft_args: SFTArguments, training_args: SFTConfig):
+    """Train rows, validation rows when the run evaluates, and the rows ranked at each evaluation.
+
+    With `ranking_eval_users`, validation is those users' non-thinking `rec_sid` rows
+    (the rows `onereason eval` ranks), whatever tasks the training rows are.
+    """
+    train = load_task_dataset(data_args, "train", seed=training_args.seed)
+    if training_args.eval_strategy == "no":
+        return train, None, []
+    if sft_args.ranking_eval_users:
+        valid_args = dataclasses.replace(data_args, tasks=["rec_sid"], modes=None, max_eval_samples=None)
+        valid = load_task_dataset(valid_args, "validation", seed=training_args.seed)
+        subset = ranking_subset(valid, sft_args.ranking_eval_users, seed=training_args.seed)
+        return train, subset, ranking_rows(subset)
+    return train, load_task_dataset(data_args, "validation", seed=training_args.seed), []
+
+
+def prepare_rows(data: datasets.Dataset, tokenizer, index, training_args: SFTConfig) -> datasets.Dataset:
+    """Rows for `SFTTrainer`: pre-tokenized with per-SID labels when the data has sequence rows."""
+    if has_sequence_rows(data):
+        return tokenize_with_sequence_loss(
+            data, tokenizer, index.itemic_tokens(), training_args.completion_only_loss is not False
+        )
+    return training_rows(data)
 
 
 def add_completions_table(trainer, sft_args: SFTArguments, tokenizer) -> None:
@@ -96,16 +140,27 @@ def add_completions_table(trainer, sft_args: SFTArguments, tokenizer) -> None:
     trainer.add_callback(callback)
 
 
+def epoch_tokens(data: datasets.Dataset) -> dict:
+    """Tokens one epoch reads, and how many of them carry a loss (the trainer's tokenized rows)."""
+    out = {"tokens_per_epoch": sum(len(ids) for ids in data["input_ids"])}
+    if "labels" in data.column_names:
+        out["loss_tokens_per_epoch"] = label_tokens(data)
+    return out
+
+
 def run(
     model_args: ModelConfig,
     data_args: DataArguments,
     sft_args: SFTArguments,
     training_args: OneReasonSFTConfig,
 ):
-    train, valid = load_splits(data_args, training_args)
+    train, valid, ranked_rows = sft_splits(data_args, sft_args, training_args)
     model, tokenizer = load_policy(model_args, training_args)
     index = resolve_item_index(data_args, model_args.model_name_or_path)
     check_itemic_tokens(tokenizer, index)
+    train = prepare_rows(train, tokenizer, index, training_args)
+    if valid is not None:
+        valid = prepare_rows(valid, tokenizer, index, training_args)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -114,9 +169,13 @@ def run(
         processing_class=tokenizer,
     )
     add_completions_table(trainer, sft_args, tokenizer)
+    ranking = None
+    if ranked_rows:
+        ranking = RankingCallback(trainer, index, ranked_rows, sft_args.ranking_eval_beams)
+        trainer.add_callback(ranking)
+    if sft_args.early_stopping_patience:
+        trainer.add_callback(EarlyStoppingCallback(sft_args.early_stopping_patience))
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    if valid is not None:
-        trainer.evaluate()
     record = {
         "stage": "sft",
         "model": model_args.model_name_or_path,
@@ -124,6 +183,10 @@ def run(
         "tasks": data_args.tasks,
         "modes": data_args.modes,
         "train_rows": len(train),
+        **epoch_tokens(trainer.train_dataset),
+        "validation_curve": ranking.history if ranking else [],
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
         "use_peft": model_args.use_peft,
         "learning_rate": training_args.learning_rate,
         "epochs": training_args.num_train_epochs,

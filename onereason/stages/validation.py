@@ -23,14 +23,21 @@ from onereason.thinking import EMPTY_THINK, switch_mode
 from onereason.trie import SIDTrie
 
 
-def ranking_rows(valid: datasets.Dataset, n: int, seed: int = 0) -> list[dict]:
-    """A fixed sample of at most `n` non-thinking `rec_sid` validation rows (prompt, target items)."""
-    keep = valid.filter(
-        lambda task, mode: task == "rec_sid" and mode == "no_think", input_columns=["task", "mode"]
-    )
-    if len(keep) > n:
-        keep = keep.shuffle(seed=seed).select(range(n))
-    return [{"prompt": r["prompt"], "targets": r["target_items"]} for r in keep]
+def ranking_subset(valid: datasets.Dataset, n: int, seed: int = 0) -> datasets.Dataset:
+    """A fixed sample of at most `n` `rec_sid` validation rows, one per user and target.
+
+    A mixture with only thinking `rec_sid` rows still has validation prompts: the ranking
+    switches every prompt to non-thinking, as `onereason eval` does.
+    """
+    rows = valid.filter(lambda task: task == "rec_sid", input_columns="task")
+    mode = "no_think" if "no_think" in set(rows["mode"]) else "think"
+    keep = rows.filter(lambda m: m == mode, input_columns="mode")
+    return keep.shuffle(seed=seed).select(range(n)) if len(keep) > n else keep
+
+
+def ranking_rows(subset: datasets.Dataset) -> list[dict]:
+    """What the callback ranks: each row's prompt and the items that count as a hit."""
+    return [{"prompt": p, "targets": t} for p, t in zip(subset["prompt"], subset["target_items"])]
 
 
 @torch.no_grad()
