@@ -17,9 +17,9 @@ import datasets
 import torch
 from transformers import TrainerCallback
 
+from onereason.decoding import TwoStageDecoder
 from onereason.item_index import ItemIndex
-from onereason.sid_beam import constrained_beam_search, left_padded
-from onereason.thinking import EMPTY_THINK, switch_mode
+from onereason.thinking import switch_mode
 from onereason.trie import SIDTrie
 
 
@@ -42,9 +42,8 @@ def ranking_rows(subset: datasets.Dataset) -> list[dict]:
 
 @torch.no_grad()
 def rank_items(model, tokenizer, index: ItemIndex, trie: SIDTrie, rows, num_beams=20, batch_size=64):
-    """The ranked item list of every row: beams best first, each SID expanded to its items."""
-    empty = tokenizer.encode(EMPTY_THINK, add_special_tokens=False)
-    pad = tokenizer.pad_token_id
+    """The ranked item list of every row: non-thinking beams best first, each SID expanded to its items."""
+    decoder = TwoStageDecoder(tokenizer, trie)
     was_training = model.training
     model.eval()
     out = []
@@ -52,20 +51,20 @@ def rank_items(model, tokenizer, index: ItemIndex, trie: SIDTrie, rows, num_beam
         chunk = rows[start : start + batch_size]
         heads = [
             tokenizer.apply_chat_template(
-                switch_mode(r["prompt"], "no_think"), add_generation_prompt=True, tokenize=False
+                switch_mode(r["prompt"], "no_think"), add_generation_prompt=True, tokenize=True
             )
             for r in chunk
         ]
-        heads = [tokenizer.encode(h, add_special_tokens=False) + empty for h in heads]
-        ids, mask = left_padded(heads, pad)
-        device = next(model.parameters()).device
-        seqs, scores = constrained_beam_search(model, ids.to(device), mask.to(device), trie, num_beams)
+        heads = [list(h["input_ids"] if hasattr(h, "keys") else h) + decoder.empty_think_ids for h in heads]
+        beams, scores = decoder.sid_beams(model, heads, num_beams)
         for b in range(len(chunk)):
             items = []
-            for beam in range(num_beams):
-                if scores[b, beam] == -math.inf:
-                    continue
-                codes = index.parse(tokenizer.decode(seqs[b, beam][: trie.sid_length]))
+            for k in range(b * num_beams, (b + 1) * num_beams):
+                codes = (
+                    []
+                    if scores[k] == -math.inf
+                    else index.parse(tokenizer.decode(beams[k][: trie.sid_length]))
+                )
                 if codes:
                     items += index.items_for_sid(codes[0])
             out.append(items)
