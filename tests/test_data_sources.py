@@ -14,6 +14,7 @@ from helpers import shared_data
 from data_builders.sources import SOURCES, DataError, Loaded, load_source, register_source
 from data_builders.sources.common import INTERACTION_SCHEMA
 from data_builders.splits import SPLIT_SCHEMA
+from onereason.errors import UsageError
 
 
 def assert_canonical(loaded: Loaded) -> None:
@@ -49,7 +50,7 @@ def test_registry_lists_every_issue_format_and_rejects_unknown_names():
     } <= set(SOURCES)
     with pytest.raises(DataError, match="unknown source 'nope'"):
         load_source("nope")
-    with pytest.raises(DataError, match="source_options"):
+    with pytest.raises(UsageError, match="source_options"):  # a config mistake: exit code 2
         load_source("lcrec", path=".", bogus=1)
 
 

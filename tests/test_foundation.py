@@ -91,13 +91,16 @@ def test_tiny_model_tokens_template_and_reload(make_tiny_model):
         assert n1 == n2 and torch.equal(p1, p2)
 
 
-def test_init_model_command(tmp_path):
+def test_init_model_command(tmp_path, capsys):
     from onereason.cli import main
 
     assert main(["init-model", "--output_dir", str(tmp_path / "m"), "--preset", "tiny"]) == 0
     assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / "tokenizer_config.json").exists()
-    with pytest.raises(ValueError, match="unknown size preset"):
-        main(["init-model", "--output_dir", str(tmp_path / "x"), "--preset", "huge"])
+    capsys.readouterr()
+    # A bad preset is a config error: one line, exit code 2, nothing written.
+    assert main(["init-model", "--output_dir", str(tmp_path / "x"), "--preset", "huge"]) == 2
+    assert "unknown size preset 'huge'" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "x").exists()
 
 
 def test_thinking_switch_and_split():
