@@ -46,8 +46,9 @@ def rows_from_report(report: dict, seed: int, train_s: float | None, sft: dict |
     for run in report["runs"]:
         if run["mode"] == "think":
             continue  # quality is the non-thinking model's; thinking has its own benchmark
-        row = {"model": run["name"].split("/")[0], "mode": run["mode"], "seed": seed}
-        row.update({m: run["item"]["means"].get(m) for m in METRICS})
+        owner, _, rest = run["name"].partition("/")
+        row = {"model": rest if run["mode"] == "baseline" else owner, "mode": run["mode"], "seed": seed}
+        row.update({m: run["item"].get(m) for m in METRICS})
         if run["mode"] != "baseline":
             row["train_s"] = round(train_s, 1) if train_s is not None else None
             row["tokens_per_epoch"] = (sft or {}).get("tokens_per_epoch")
@@ -56,9 +57,10 @@ def rows_from_report(report: dict, seed: int, train_s: float | None, sft: dict |
     return rows
 
 
-def quickstart(seed: int) -> list[dict]:
+def quickstart(seed: int, reuse: bool = False) -> list[dict]:
     out = OUT / f"quickstart-seed{seed}"
-    onereason("quickstart", "--out", str(out), "--seed", str(seed), "--fresh", "true")
+    if not (reuse and (out / "report.json").exists()):
+        onereason("quickstart", "--out", str(out), "--seed", str(seed), "--fresh", "true")
     timings = json.loads((out / "quickstart_timings.json").read_text())["steps"]
     report = json.loads((out / "report.json").read_text())
     rows = rows_from_report(report, seed, timings.get("sft"), sft_record(out / "models" / "sft"))
@@ -67,7 +69,7 @@ def quickstart(seed: int) -> list[dict]:
     return rows
 
 
-def scientific(seed: int) -> list[dict]:
+def scientific(seed: int, reuse: bool = False) -> list[dict]:
     runs = ROOT / "runs" / "scientific"
     if not (runs / "data" / "splits" / "test.parquet").exists():
         onereason("build-data", "--config", f"{SCI}/data.yaml")
@@ -123,12 +125,15 @@ def main() -> None:
     )
     parser.add_argument("world", choices=["quickstart", "scientific"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--reuse", action="store_true", help="read a finished quickstart run instead of rerunning it"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     store = OUT / f"{args.world}.json"
     results = json.loads(store.read_text()) if store.exists() else {}
     for seed in args.seeds:
-        results[str(seed)] = (quickstart if args.world == "quickstart" else scientific)(seed)
+        results[str(seed)] = (quickstart if args.world == "quickstart" else scientific)(seed, args.reuse)
         store.write_text(json.dumps(results, indent=1))
     rows = [row for seed in sorted(results, key=int) for row in results[seed]]
     text = table(rows)

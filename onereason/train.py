@@ -306,13 +306,19 @@ def caches_under(output_dir: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from accelerate import PartialState
+
     module, safety, configs = parse_stage(argv)
-    preflight(module, safety, configs)
     training_args = _find(configs, "output_dir")
+    # Under `accelerate launch` every rank checks and makes the same output folder: the main
+    # process first, so no rank sees the folder half-made (created, not yet marked as ours).
+    with PartialState().main_process_first():
+        preflight(module, safety, configs)
+        if training_args is not None:
+            make_output_dir(training_args.output_dir, overwrite=True, what="output_dir", replaces=False)
     if training_args is None:
         module.run(*configs)
         return 0
-    make_output_dir(training_args.output_dir, overwrite=True, what="output_dir", replaces=False)
     with caches_under(training_args.output_dir), graceful_signals():
         module.run(*configs)
     return 0
