@@ -91,14 +91,10 @@ def run_command(name: str, func, argv: list[str], debug: bool = False) -> int:
 
 def check_config_file(argv: list[str]) -> None:
     """`--config FILE`: the file must exist and be valid YAML (a usage error, exit code 2, otherwise)."""
+    from onereason.configs import flag_value
     from onereason.errors import UsageError, describe
 
-    path = None
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
+    path = flag_value(argv, "config")
     if path is None:
         return
     if not os.path.isfile(path):

@@ -40,7 +40,7 @@ def parse_config(
     """Parse `argv` (default `sys.argv[1:]`) into one instance per dataclass type."""
     parser = TrlParser(list(dataclass_types), prog=prog)
     args = list(sys.argv[1:] if argv is None else argv)
-    config = _config_path(args)
+    config = flag_value(args, "config")
     levels = _stated_levels(args, config, dataclass_types)
     token = _PARSING.set(levels)
     try:
@@ -122,13 +122,15 @@ def _stated_levels(
     return levels
 
 
-def _config_path(args: Sequence[str]) -> str | None:
+def flag_value(args: Sequence[str], name: str) -> str | None:
+    """The value of `--name X` or `--name=X` in a command line (the last one given), else None."""
+    value = None
     for i, a in enumerate(args):
-        if a == "--config" and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith("--config="):
-            return a.split("=", 1)[1]
-    return None
+        if a == f"--{name}" and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(f"--{name}="):
+            value = a.split("=", 1)[1]
+    return value
 
 
 def read_yaml(path: str) -> dict:

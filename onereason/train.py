@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onereason.configs import parse_config, read_yaml
+from onereason.configs import flag_value, parse_config, read_yaml
 from onereason.consistency import (
     SafetyArguments,
     check_collisions,
@@ -73,17 +73,10 @@ def stage_module(stage: str):
 
 def _stage_from_argv(argv: Sequence[str]) -> str:
     """`--stage X` on the command line wins over `stage:` in the YAML (as for every key)."""
-    for i, arg in enumerate(argv):
-        if arg == "--stage" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--stage="):
-            return arg.split("=", 1)[1]
-    config = None
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            config = argv[i + 1]
-        elif arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
+    stage = flag_value(argv, "stage")
+    if stage is not None:
+        return stage
+    config = flag_value(argv, "config")
     if config is None:
         raise SystemExit("error: pass --config <recipe>.yaml (its `stage:` key picks the training stage)")
     stage = read_yaml(config).get("stage")
