@@ -13,7 +13,7 @@ from data_builders.build import BuildDataConfig, build_data
 from data_builders.tasks.build import main as build_tasks_main
 from data_builders.tasks.recommendation import RecRow, sequence_window_ends
 from onereason.item_index import ItemIndex
-from onereason.sequence_loss import IGNORE_INDEX, tokenize_row
+from onereason.sequence_loss import IGNORE_INDEX, sid_token_ids, tokenize_row
 
 MIXTURE = """
 seed: 0
@@ -43,11 +43,12 @@ def test_window_ends_cover_every_next_item_once():
     assert covered == list(range(101, 150))
 
 
-@pytest.fixture(scope="module")
-def sequence_build(tmp_path_factory, make_tiny_model):
+@pytest.fixture(scope="module", params=["numbered", "back_to_back"])
+def sequence_build(request, tmp_path_factory, make_tiny_model):
+    """Tasks with numbered history lines, and with bare SIDs written back to back."""
     from test_tasks_build import synthetic_index
 
-    root = tmp_path_factory.mktemp("seq")
+    root = tmp_path_factory.mktemp(request.param)
     options = {"num_users": 60, "num_items": 120, "seed": 1}
     build_data(BuildDataConfig(source="synthetic", source_options=options, out_dir=str(root / "data")))
     index = synthetic_index(pq.read_table(root / "data" / "items.parquet"))
@@ -56,6 +57,7 @@ def sequence_build(tmp_path_factory, make_tiny_model):
     argv = ["--data_dir", str(root / "data"), "--item_index", str(root / "item_index.json")]
     argv += ["--out_dir", str(root / "tasks"), "--mixture", str(root / "mixture.yaml")]
     argv += ["--history_text", "none", "--system_prompt", "false", "--max_history", "8"]
+    argv += ["--history_numbered", str(request.param == "numbered").lower()]
     assert build_tasks_main(argv) == 0
     model = make_tiny_model(itemic_tokens=index.itemic_tokens())
     return root, index, model
@@ -85,12 +87,12 @@ def test_loss_is_on_every_next_sid_and_nothing_else(sequence_build):
 
     root, index, model = sequence_build
     tok = load_tokenizer(model)
-    itemic = set(tok.convert_tokens_to_ids(index.itemic_tokens()))
+    itemic, first = sid_token_ids(index, tok)
     train = load_from_disk(str(root / "tasks"))["train"]
     rows = [r for r in train.select(range(200)) if r["task"] == "rec_seq" and len(r["history_items"]) >= 3]
     assert rows
     for row in rows[:10]:
-        out = tokenize_row(row, tok, itemic)
+        out = tokenize_row(row, tok, itemic, first)
         ids, labels = out["input_ids"], out["labels"]
         assert len(ids) == len(labels)
         # Token by token: a label is its input token on itemic tokens after the first SID, -100 elsewhere.
@@ -113,9 +115,9 @@ def test_per_target_rows_keep_trl_completion_labels(sequence_build):
 
     root, index, model = sequence_build
     tok = load_tokenizer(model)
-    itemic = set(tok.convert_tokens_to_ids(index.itemic_tokens()))
+    itemic, first = sid_token_ids(index, tok)
     row = next(r for r in load_from_disk(str(root / "tasks"))["train"] if r["task"] == "rec_sid")
-    out = tokenize_row(row, tok, itemic)
+    out = tokenize_row(row, tok, itemic, first)
     learned = tok.decode([t for t, lab in zip(out["input_ids"], out["labels"]) if lab != IGNORE_INDEX])
     assert learned.startswith("<think>") and index.sid_text(row["target_items"][0]) in learned
     assert tok.decode(out["input_ids"]).endswith(learned)
@@ -142,6 +144,7 @@ def test_sft_on_sequence_rows_validates_by_ranking(sequence_build, tmp_path):
         "--ranking_eval_users", "16",
         "--ranking_eval_beams", "10",
         "--early_stopping_patience", "5",
+        "--batches_by_length", str("back_to_back" in root.name).lower(),
     ]  # fmt: skip
     assert train_main(argv) in (0, None)
     history = json.loads((out / "onereason_history.json").read_text())
@@ -152,3 +155,31 @@ def test_sft_on_sequence_rows_validates_by_ranking(sequence_build, tmp_path):
     assert 0 < record["loss_tokens_per_epoch"] < record["tokens_per_epoch"]
     assert record["best_checkpoint"] is not None
     assert ItemIndex.load(out / "item_index.json").item_ids == index.item_ids
+
+
+def test_back_to_back_history_is_bare_sids(sequence_build):
+    root, index, _ = sequence_build
+    row = next(r for r in load_from_disk(str(root / "tasks"))["train"] if r["task"] == "rec_seq")
+    text = row["prompt"][-1]["content"]
+    shown = "".join(index.sid_text(i) for i in row["history_items"])
+    if "back_to_back" in root.name:
+        assert shown in text and "1. " not in text
+    else:
+        assert index.sid_text(row["history_items"][0]) in text.split("\n")[1] and "1. " in text
+
+
+def test_length_buckets_batch_similar_rows_in_shuffled_order():
+    from onereason.stages.sft import LengthBucketSampler
+
+    lengths = [(7 * k) % 101 for k in range(1000)]
+    sampler = LengthBucketSampler(lengths, batch_size=10, seed=0, mega_batches=16)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))  # every row once
+    batches = [order[k : k + 10] for k in range(0, 1000, 10)]
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert sum(spread) / len(spread) < 10  # random batches of 10 would spread ~80
+    longest = [max(lengths[i] for i in b) for b in batches]
+    # No walk from long to short rows: the first and second halves hold long batches alike.
+    assert abs(sum(longest[:50]) - sum(longest[50:])) < 0.2 * sum(longest)
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new order every epoch

@@ -87,6 +87,13 @@ class BuildTasksConfig:
         default="title", metadata={"help": "text after each history SID: none | title | terms"}
     )
     title_max_chars: int = field(default=80, metadata={"help": "titles are clipped to this many characters"})
+    history_numbered: bool = field(
+        default=True,
+        metadata={
+            "help": "number the history items (1., 2., …); false writes bare SIDs back to back, "
+            "five tokens an item instead of nine"
+        },
+    )
     system_prompt: bool = field(default=True, metadata={"help": "start each prompt with a short system turn"})
     top_k: int = field(default=5, metadata={"help": "rec_multi: items per answer"})
     interest_fields: list[str] = field(
@@ -226,6 +233,7 @@ class TaskBuilder:
             item_text=config.history_text,
             max_items=config.max_history,
             title_max_chars=config.title_max_chars,
+            numbered=config.history_numbered,
         )
         self.rec = RecommendationTasks(catalog, style, config.system_prompt, seed, config.top_k)
         self.perception = PerceptionTasks(catalog, config.system_prompt, seed)

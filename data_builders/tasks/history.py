@@ -1,11 +1,16 @@
-"""Render a user's history as the numbered list a prompt shows.
+"""Render a user's history as the list a prompt shows.
 
 One renderer for every recommendation task and both modes, so a thinking and a non-thinking
 prompt for the same example carry byte-identical history text, and a trace's `#n` citations
-point at the numbers shown here.
+point at the n-th item shown here.
 
     1. <|sid_begin|><s_a_3><s_b_1><s_c_7><|sid_end|> Aurix Minimalist Beaker AU-123, Black
     2. ...
+
+`numbered: false` drops the numbers; a history of bare SIDs (`item_text: none`) is then
+written back to back, five tokens an item instead of nine, the way a sequence model reads it:
+
+    <|sid_begin|><s_a_3><s_b_1><s_c_7><|sid_end|><|sid_begin|><s_a_9><s_b_0><s_c_2><|sid_end|>…
 
 `identifier` is the SID (or the Term ID for Term-ID tasks); `item_text` adds the title
 (`title`), the Term ID (`terms`) or nothing (`none`). Items with an empty title fall back
@@ -28,6 +33,7 @@ class HistoryStyle:
     item_text: str = "title"
     max_items: int = 20
     title_max_chars: int = 80
+    numbered: bool = True
 
     def __post_init__(self):
         if self.identifier not in IDENTIFIERS:
@@ -90,9 +96,12 @@ class HistoryRenderer:
         return text
 
     def __call__(self, items: list[int]) -> str:
-        return "\n".join(f"{n}. {self.line(i)}" for n, i in enumerate(items, 1))
+        if self.style.numbered:
+            return "\n".join(f"{n}. {self.line(i)}" for n, i in enumerate(items, 1))
+        bare_sids = self.style.identifier == "sid" and self.style.item_text == "none"
+        return ("" if bare_sids else "\n").join(self.line(i) for i in items)
 
 
 def render_history(catalog: ItemCatalog, items: list[int], style: HistoryStyle) -> str:
-    """Numbered lines, oldest first; `items` must already be capped to `style.max_items`."""
+    """The history, oldest first; `items` must already be capped to `style.max_items`."""
     return HistoryRenderer(catalog, style)(items)

@@ -92,7 +92,11 @@ class RecommendationTasks:
         self.catalog = catalog
         self.style = style
         self.term_style = HistoryStyle(
-            "term", "title" if style.item_text == "title" else "none", style.max_items, style.title_max_chars
+            "term",
+            "title" if style.item_text == "title" else "none",
+            style.max_items,
+            style.title_max_chars,
+            style.numbered,
         )
         self.render = {
             "sid": HistoryRenderer(catalog, self.style),
