@@ -40,15 +40,13 @@ from evaluation.sasrec import sasrec_baseline
 from onereason.configs import prefer
 from onereason.consistency import (
     SafetyArguments,
-    check_collisions,
+    check_model_and_index,
     check_model_path,
     check_unknown,
-    check_vocabulary,
     is_local_model,
-    load_index,
     require_path,
 )
-from onereason.errors import InputError, UsageError
+from onereason.errors import UsageError
 from onereason.io import check_output_dir, make_output_dir
 
 logger = logging.getLogger(__name__)
@@ -228,21 +226,10 @@ def preflight(cfg: EvalConfig, safety: SafetyArguments) -> None:
         require_path(cfg.train_split, "train_split", "file")
     if not cfg.item_index and not cfg.models:
         raise UsageError("item_index is not set (with no --models there is no model folder to take it from)")
-    indexes = {}
-    for model in cfg.models or [""]:
-        path = cfg.item_index or str(Path(model) / "item_index.json")
-        if not Path(path).is_file() and not cfg.item_index and not is_local_model(model):
-            continue  # a Hub model: its index is fetched with it
-        if path not in indexes:
-            if not cfg.item_index and not Path(path).is_file():
-                raise InputError(f"models: {model} has no item_index.json; pass --item_index <path to it>")
-            indexes[path] = load_index(path)
-            check_collisions(indexes[path], f"item index {path}", safety.allow_unknown)
-        if model and is_local_model(model):
-            check_vocabulary(
-                model, indexes[path], "models",
-                "evaluate a model trained with this index (after the align stage), or pass its --item_index",
-            )  # fmt: skip
+    check_model_and_index(  # no models: the --item_index alone
+        cfg.models or [""], cfg.item_index, safety.allow_unknown, "models",
+        fix="evaluate a model trained with this index (after the align stage), or pass its --item_index",
+    )  # fmt: skip
     inputs = [*[m for m in cfg.models if is_local_model(m)], cfg.data_path, cfg.item_index, cfg.train_split]
     check_output_dir(cfg.out_dir, inputs=inputs, overwrite=safety.overwrite, replaces=False)
 

@@ -225,3 +225,34 @@ def check_vocabulary(tokenizer_path: str | Path, index: ItemIndex, where: str, h
             f"{where}: the tokenizer of {tokenizer_path} lacks {len(missing)} of {len(index.itemic_tokens())} "
             f"itemic tokens of the item index (e.g. {missing[:3]}); {hint}"
         )
+
+
+def check_model_and_index(
+    models: Iterable[str], item_index: str | Path | None, allow_unknown: bool, what: str, fix: str | None
+) -> dict[str, ItemIndex]:
+    """Load and check the item index each of `models` is used with; {path: index}, each loaded once.
+
+    The index is `item_index` when given, else the item_index.json in a local model folder (a
+    Hub model's comes with it: skipped). Every index must be free of colliding SIDs (unless
+    `allow_unknown`); when `fix` is given, a local model's tokenizer must hold its itemic
+    tokens (`fix` says what to do otherwise). `what` names the models in messages. The model
+    folders themselves are checked first, by `check_model_path`.
+    """
+    from onereason.item_index import ITEM_INDEX_FILE
+
+    indexes: dict[str, ItemIndex] = {}
+    for model in models:
+        local = bool(model) and is_local_model(model)
+        path = str(item_index or "")
+        if not path:
+            if not local:
+                continue
+            path = str(Path(model) / ITEM_INDEX_FILE)
+            if not Path(path).is_file():
+                raise InputError(f"{what} {model} has no {ITEM_INDEX_FILE}; pass --item_index <path to it>")
+        if path not in indexes:
+            indexes[path] = load_index(path)
+            check_collisions(indexes[path], f"item_index {path}", allow_unknown)
+        if fix and local:
+            check_vocabulary(model, indexes[path], what, fix)
+    return indexes

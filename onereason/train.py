@@ -35,16 +35,13 @@ from pathlib import Path
 from onereason.configs import flag_value, parse_config, read_yaml
 from onereason.consistency import (
     SafetyArguments,
-    check_collisions,
     check_dataset_dict,
+    check_model_and_index,
     check_model_path,
     check_unknown,
-    check_vocabulary,
     is_local_model,
-    load_index,
     require_path,
 )
-from onereason.errors import InputError
 from onereason.io import check_output_dir, make_output_dir
 
 logger = logging.getLogger(__name__)
@@ -133,33 +130,22 @@ def preflight(module, safety: SafetyArguments, configs) -> None:
     model = str(model_args.model_name_or_path or "") if model_args else ""
     check_model_path(model or None)
     inputs = [model if is_local_model(model) else None]
-    index = index_path = None
+    indexes = {}
     if data_args is not None:
         evaluate = getattr(training_args, "eval_strategy", "no") not in ("no", None)
         splits = ["train", "validation"] if evaluate else ["train"]
         check_dataset_dict(data_args.dataset_path, splits=splits)
-        inputs.append(data_args.dataset_path)
-        index_path = data_args.item_index
-        if index_path:
-            inputs.append(index_path)
-        elif is_local_model(model):
-            index_path = Path(model) / "item_index.json"
-            if not index_path.is_file():
-                raise InputError(
-                    f"model_name_or_path {model} has no item_index.json; pass --item_index <path to item_index.json>"
-                )
+        inputs += [data_args.dataset_path, data_args.item_index]
+        fix = "run the `align` stage first (it adds them), or start from a model that has them"
+        indexes = check_model_and_index(
+            [model], data_args.item_index, safety.allow_unknown, "model_name_or_path",
+            fix=None if stage == "align" else fix,  # align is the stage that adds the itemic tokens
+        )  # fmt: skip
     items_path = getattr(_find(configs, "items_path"), "items_path", None)
     if items_path:
         require_path(items_path, "items_path", "file", "run `onereason build-data` first")
         inputs.append(items_path)
-    if index_path:
-        index = load_index(index_path)
-        check_collisions(index, f"item_index {index_path}", safety.allow_unknown)
-        if stage != "align" and is_local_model(model):
-            check_vocabulary(
-                model, index, "model_name_or_path",
-                "run the `align` stage first (it adds them), or start from a model that has them",
-            )  # fmt: skip
+    for index_path, index in indexes.items():  # none for a Hub model without --item_index
         targets = _dataset_targets(str(data_args.dataset_path), "train")
         unknown = [t for t in targets if t not in index]
         check_unknown(
