@@ -7,6 +7,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from datasets import load_from_disk
 
 from data_builders.build import BuildDataConfig, build_data
@@ -183,3 +184,31 @@ def test_length_buckets_batch_similar_rows_in_shuffled_order():
     assert abs(sum(longest[:50]) - sum(longest[50:])) < 0.2 * sum(longest)
     sampler.set_epoch(1)
     assert list(sampler) != order  # a new order every epoch
+
+
+def test_model_head_loss_equals_trl_fused_head_loss(sequence_build, tmp_path):
+    """fused_lm_head: false trains on the same loss as TRL's chunked head, only computed faster."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from onereason.sequence_loss import tokenize_with_sequence_loss
+    from onereason.stages.sft import OneReasonSFTTrainer
+
+    root, index, model_dir = sequence_build
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = load_from_disk(str(root / "tasks"))["train"]
+    rows = tokenize_with_sequence_loss(rows.select(range(min(24, len(rows)))), tokenizer, index)
+    args = SFTConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=8,
+        padding_free=False, max_length=None,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    trainer = OneReasonSFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert (batch["labels"] != IGNORE_INDEX).any() and (batch["labels"] == IGNORE_INDEX).any()
+    with torch.no_grad():
+        fused = trainer.compute_loss(model, dict(batch))
+        trainer.fused_lm_head = False
+        plain = trainer.compute_loss(model, dict(batch))
+    assert torch.isfinite(plain) and plain.item() > 0
+    assert abs(plain.item() - fused.item()) < 1e-4 * fused.item()
