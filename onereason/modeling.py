@@ -7,6 +7,7 @@ Qwen3's own chat template (the one TRL ships), so every code path that serves
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -115,11 +116,19 @@ def train_tokenizer(
     return tokenizer
 
 
-def build_model(tokenizer: PreTrainedTokenizerBase, preset: str = "tiny", seed: int = 0) -> Qwen3ForCausalLM:
-    """A freshly initialised `Qwen3ForCausalLM` sized by `preset`, matched to `tokenizer`."""
+def build_model(
+    tokenizer: PreTrainedTokenizerBase,
+    preset: str = "tiny",
+    seed: int = 0,
+    attention_dropout: float | None = None,
+) -> Qwen3ForCausalLM:
+    """A freshly initialised `Qwen3ForCausalLM` sized by `preset` (its attention dropout unless
+    `attention_dropout` is given), matched to `tokenizer`."""
     if preset not in SIZE_PRESETS:
         raise ValueError(f"unknown size preset {preset!r}; choose one of {sorted(SIZE_PRESETS)}")
     p = SIZE_PRESETS[preset]
+    if attention_dropout is not None:
+        p = dataclasses.replace(p, attention_dropout=attention_dropout)
     config = Qwen3Config(
         vocab_size=_padded(len(tokenizer)),
         hidden_size=p.hidden_size,
@@ -152,6 +161,7 @@ def init_model(
     itemic_tokens: Sequence[str] = (),
     seed: int = 0,
     vocab_size: int | None = None,
+    attention_dropout: float | None = None,
 ) -> Path:
     """Train a tokenizer on `corpus`, build a model from `preset`, save both to `out_dir`.
 
@@ -160,7 +170,7 @@ def init_model(
     if preset not in SIZE_PRESETS:
         raise ValueError(f"unknown size preset {preset!r}; choose one of {sorted(SIZE_PRESETS)}")
     tokenizer = train_tokenizer(corpus, vocab_size or SIZE_PRESETS[preset].vocab_size, itemic_tokens)
-    model = build_model(tokenizer, preset, seed)
+    model = build_model(tokenizer, preset, seed, attention_dropout)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
