@@ -22,7 +22,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from data_builders.cleaning import DEDUP_MODES, CleaningOptions, clean
-from data_builders.sources import SOURCES, load_source
+from data_builders.sources import SOURCES, load_source, sources_help
 from data_builders.sources.common import (
     INTERACTION_COLUMNS,
     INTERACTION_SCHEMA,
@@ -59,13 +59,13 @@ class BuildDataConfig:
 
     source: str = field(
         default="synthetic",
-        metadata={
-            "help": "loader name: lcrec, minionerec, amazon2018, amazon2023, movielens, recbole, tabular, synthetic"
-        },
+        metadata={"help": f"loader name: {', '.join(SOURCES)} (their options are listed below)"},
     )
     source_options: JSONDict = field(
         default_factory=dict,
-        metadata={"help": "keyword options of the loader (path, name, column mapping...), a YAML mapping"},
+        metadata={
+            "help": "keyword options of the loader (path, name, column mapping...; listed below), a YAML mapping"
+        },
     )
     out_dir: str = field(
         default="data/built",
@@ -279,7 +279,7 @@ def build_data(config: BuildDataConfig) -> tuple[Path, dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     from onereason.configs import parse_config
 
-    (config,) = parse_config([BuildDataConfig], argv, prog="onereason build-data")
+    (config,) = parse_config([BuildDataConfig], argv, prog="onereason build-data", epilog=sources_help())
     out, stats = build_data(config)
     splits = ", ".join(f"{s} {v['examples']:,}" for s, v in stats["splits"].items())
     print(

@@ -100,7 +100,22 @@ INTERACTIONS_SCHEMA = pa.schema(
 
 @dataclass
 class SyntheticConfig:
-    """Size and behaviour of the synthetic world (all draws come from `seed`)."""
+    """Size and behaviour of the synthetic world (all draws come from `seed`).
+
+    Options:
+        num_users: users in the world
+        num_items: catalogue size (at least 20)
+        min_seq_len: fewest interactions a user has
+        max_seq_len: most interactions a user has
+        min_interests: fewest interest points a user has
+        max_interests: most interest points a user has (at most 6)
+        noise_rate: share of interactions drawn from the whole catalogue, not an interest
+        style_fidelity: share of an interest's items that match its style
+        brands_per_department: brands in each department
+        purchase_rate: base share of interactions that are purchases (the rest are views)
+        start_timestamp: epoch seconds around which the logs start
+        seed: seed of every draw
+    """
 
     num_users: int = 1000
     num_items: int = 600
@@ -109,7 +124,7 @@ class SyntheticConfig:
     min_interests: int = 2
     max_interests: int = 4
     noise_rate: float = 0.1
-    style_fidelity: float = 0.85  # share of an interest's items that match its style
+    style_fidelity: float = 0.85
     brands_per_department: int = 4
     purchase_rate: float = 0.3
     start_timestamp: int = 1_600_000_000

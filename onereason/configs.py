@@ -14,6 +14,7 @@ was set, during parsing (for `__post_init__`) and after it.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -34,11 +35,21 @@ class ConflictingSettings(UsageError):
     """Two equally explicit settings that contradict each other (the message names both; exit code 2)."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Field defaults in `--help`, and an epilog printed as written (tables of options)."""
+
+
 def parse_config(
-    dataclass_types: Sequence[type], argv: Sequence[str] | None = None, prog: str | None = None
+    dataclass_types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    epilog: str | None = None,
 ) -> tuple[Any, ...]:
-    """Parse `argv` (default `sys.argv[1:]`) into one instance per dataclass type."""
-    parser = TrlParser(list(dataclass_types), prog=prog)
+    """Parse `argv` (default `sys.argv[1:]`) into one instance per dataclass type.
+
+    `epilog` ends `--help`: what the fields' own help cannot hold (e.g. each source's options).
+    """
+    parser = TrlParser(list(dataclass_types), prog=prog, epilog=epilog, formatter_class=_HelpFormatter)
     args = list(sys.argv[1:] if argv is None else argv)
     config = flag_value(args, "config")
     levels = _stated_levels(args, config, dataclass_types)

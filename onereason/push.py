@@ -20,7 +20,6 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from onereason.configs import parse_config
 from onereason.consistency import check_model_path, check_vocabulary, load_index, require_path
@@ -29,6 +28,8 @@ from onereason.io import MARKER, atomic_dir, check_output_dir, read_json
 from onereason.stages.common import HISTORY_FILE, ITEM_INDEX_FILE, read_history
 
 logger = logging.getLogger(__name__)
+
+REPORT_FILE = "eval_report.json"  # the evaluation report, copied beside the model
 
 
 @dataclass
@@ -66,18 +67,56 @@ class PushArguments:
 # ---------------------------------------------------------------------------------------------
 
 
-def _flatten_metrics(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """Numeric leaves of a nested report as (dotted.key, value), in file order."""
-    if isinstance(obj, bool):
-        return []
-    if isinstance(obj, (int, float)):
-        return [(prefix, float(obj))]
-    if isinstance(obj, dict):
-        rows = []
-        for key, value in obj.items():
-            rows += _flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key))
-        return rows
-    return []
+def project_url() -> str | None:
+    """The project's address as the installed package declares it (`[project.urls]`), else None.
+
+    The card links only to an address the package itself names, never to a guessed one.
+    """
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("onereason").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        return None
+    return urls[0].split(",", 1)[-1].strip() if urls else None
+
+
+def _metric_label(name: str) -> str:
+    """`hit@10` -> `Hit@10`, `ndcg@10` -> `NDCG@10`, `mrr` -> `MRR` (how papers write them)."""
+    family, at, k = name.partition("@")
+    label = {"hit": "Hit", "recall": "Recall", "ndcg": "NDCG", "mrr": "MRR"}.get(family, family)
+    return label + at + k
+
+
+def _item_metrics(run: dict) -> dict[str, float]:
+    """The item-level metric means of one report run (`onereason eval`'s `runs[i].item`)."""
+    item = run.get("item") or {}
+    skip = ("level", "ks", "n_users")
+    return {k: float(v) for k, v in item.items() if k not in skip and isinstance(v, (int, float))}
+
+
+def eval_results(report: dict) -> list:
+    """model-index entries: every item-level metric of every model run (baselines are not this model)."""
+    from huggingface_hub import EvalResult
+
+    config = report.get("config") or {}
+    data = str(config.get("data_path") or report.get("data") or "unknown")
+    return [
+        EvalResult(
+            task_type="text-generation",
+            task_name=f"Next-item recommendation ({report.get('protocol', 'loo')})",
+            dataset_type=data,
+            dataset_name=str(report.get("data") or data),
+            dataset_split=config.get("split"),
+            metric_type=metric,
+            metric_name=f"{_metric_label(metric)} ({run['name']})",
+            metric_config=run["name"],
+            metric_value=value,
+        )
+        for run in report["runs"]
+        if run.get("mode") != "baseline"
+        for metric, value in _item_metrics(run).items()
+    ]
 
 
 def _stages_section(history: list[dict]) -> str:
@@ -118,40 +157,57 @@ def _sid_section(index) -> str:
     )
 
 
-def _eval_section(report_path: str | None) -> str:
-    if not report_path:
+def _eval_section(report: dict | None, report_name: str) -> str:
+    """The report's item-level metrics, one row per run (checkpoint and mode, then baselines)."""
+    if report is None:
         return "No evaluation report was given (`onereason push --report report.json`)."
-    rows = _flatten_metrics(read_json(report_path))
-    if not rows:
-        return f"`{Path(report_path).name}` holds no numeric metrics."
-    lines = ["| metric | value |", "| --- | --- |"]
-    lines += [f"| {key} | {value:.4g} |" for key, value in rows[:200]]
+    runs = report["runs"]
+    columns = list(dict.fromkeys(m for run in runs for m in _item_metrics(run)))
+    ranking = f" ({report['ranking']})" if report.get("ranking") else ""
+    lines = [
+        f"`onereason eval`, protocol `{report.get('protocol', '?')}`, on {report.get('data', '?')}: "
+        f"{report.get('n_examples', '?')} users, item level: K counts item positions{ranking}. "
+        f"The SID level, 95% intervals and paired bootstraps are in `{report_name}`.",
+        "",
+        "| run | mode | users | " + " | ".join(_metric_label(c) for c in columns) + " |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
+    for run in runs:
+        values = _item_metrics(run)
+        cells = [f"{values[c]:.4f}" if c in values else "–" for c in columns]
+        users = (run.get("item") or {}).get("n_users", "")
+        lines.append(f"| {run['name']} | {run.get('mode', '')} | {users} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def build_model_card(args: PushArguments, index, history: list[dict]):
-    """A `huggingface_hub.ModelCard`: metadata header plus stages, data, SID config, results."""
+def build_model_card(args: PushArguments, index, history: list[dict], report: dict | None = None):
+    """A `huggingface_hub.ModelCard`: metadata header (with model-index results) plus stages,
+    data, SID config and the evaluation table."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base_model = next((r["model"] for r in history if r.get("model") and not Path(r["model"]).exists()), None)
     datasets = sorted({str(r["dataset"]) for r in history if r.get("dataset")})
+    name = args.repo_id or Path(args.model_path).name
     data = ModelCardData(
+        model_name=name,
+        eval_results=eval_results(report) if report else None,
         library_name="transformers",
         pipeline_tag="text-generation",
         license=args.license,
         base_model=base_model,
         tags=["onereason", "generative-recommendation", "semantic-ids", "recommendation", "trl"],
     )
-    name = args.repo_id or Path(args.model_path).name
     repo = args.repo_id or "<this folder>"
     sid_example = index.sid_text(index.item_ids[0])
+    url = project_url()
+    onereason = f"[onereason]({url})" if url else "onereason"
     content = f"""---
 {data.to_yaml()}
 ---
 
 # {name}
 
-A reasoning generative recommender trained with [onereason](https://github.com/onereason/onereason):
+A reasoning generative recommender trained with {onereason}:
 it reads a user's history written in itemic tokens (semantic IDs) and answers with the next
 item's SID, after a three-level reasoning trace (`/think`) or directly (`/no_think`).
 `{ITEM_INDEX_FILE}` in this repository maps SIDs back to items.
@@ -188,7 +244,7 @@ For valid SIDs only, generate with `onereason.trie.SIDTrie` (constrained decodin
 
 ## Evaluation
 
-{_eval_section(args.report)}
+{_eval_section(report, REPORT_FILE)}
 """
     return ModelCard(content)
 
@@ -196,6 +252,20 @@ For valid SIDs only, generate with `onereason.trie.SIDTrie` (constrained decodin
 # ---------------------------------------------------------------------------------------------
 # The folder and the upload
 # ---------------------------------------------------------------------------------------------
+
+
+def read_report(path: str) -> dict:
+    """`onereason eval`'s report.json; a broken file, or one that is not such a report, fails here, naming it."""
+    fix = "pass the report.json written by `onereason eval`"
+    require_path(path, "report", "file", fix)
+    try:
+        report = read_json(path)
+    except ValueError as err:
+        raise InputError(f"report {path} is not valid JSON ({err})") from None
+    runs = report.get("runs") if isinstance(report, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "name" in r for r in runs):
+        raise InputError(f"report {path} has no list of named `runs`: {fix}")
+    return report
 
 
 def write_hub_folder(args: PushArguments) -> Path:
@@ -211,12 +281,7 @@ def write_hub_folder(args: PushArguments) -> Path:
             f"model_path {model_path} has no {ITEM_INDEX_FILE}: the model needs its item index (pass --item_index)"
         )
     index = load_index(index_path)
-    if args.report:
-        require_path(args.report, "report", "file", "pass the report.json written by `onereason eval`")
-        try:
-            read_json(args.report)  # a broken file fails here, naming it
-        except ValueError as err:
-            raise InputError(f"report {args.report} is not valid JSON ({err})") from None
+    report = read_report(args.report) if args.report else None
     check_vocabulary(
         model_path, index, "model_path", "push the model trained with this index, or pass its --item_index"
     )
@@ -234,8 +299,8 @@ def write_hub_folder(args: PushArguments) -> Path:
         if (model_path / HISTORY_FILE).is_file():
             shutil.copyfile(model_path / HISTORY_FILE, tmp / HISTORY_FILE)
         if args.report:
-            shutil.copyfile(args.report, tmp / "eval_report.json")
-        build_model_card(args, index, history).save(tmp / "README.md")
+            shutil.copyfile(args.report, tmp / REPORT_FILE)
+        build_model_card(args, index, history, report).save(tmp / "README.md")
     logger.info("wrote the Hub folder %s", out)
     return out
 

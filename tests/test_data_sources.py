@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import shared_data
 
-from data_builders.sources import SOURCES, DataError, Loaded, load_source, register_source
+from data_builders.sources import SOURCES, DataError, Loaded, load_source, register_source, source_options
 from data_builders.sources.common import INTERACTION_SCHEMA
 from data_builders.splits import SPLIT_SCHEMA
 from onereason.errors import UsageError
@@ -72,6 +72,27 @@ def test_register_source_makes_a_custom_loader_selectable():
         assert load_source("two_rows").interactions.num_rows == 2
     finally:
         del SOURCES["two_rows"]
+
+
+def test_build_data_help_lists_every_source_with_its_options(capsys):
+    from onereason.cli import main
+
+    assert main(["build-data", "--help"]) == 0
+    sections = capsys.readouterr().out.split("their `source_options`", 1)[1].split("\n\n  ")[1:]
+    listed = {section.split(":", 1)[0]: section.splitlines()[1:] for section in sections}
+    assert list(listed) == list(SOURCES)
+    for name, lines in listed.items():
+        options = source_options(name)
+        assert options, f"source {name} lists no options"
+        assert [line.split()[0] for line in lines] == [option for option, _, _ in options]
+        for (option, default, help), line in zip(options, lines):
+            assert help, f"source {name}: option {option} has no line under `Options:` in its docstring"
+            assert line.split()[1] == default.split()[0] and line.rstrip().endswith(help)
+    # the names and defaults are the loaders' own keyword arguments
+    assert [o for o, _, _ in source_options("amazon2023")] == ["reviews", "meta", "item_key"]
+    assert ("item_key", "'parent_asin'") in [(o, d) for o, d, _ in source_options("amazon2023")]
+    assert ("num_users", "1000") in [(o, d) for o, d, _ in source_options("synthetic")]
+    assert source_options("lcrec")[0][:2] == ("path", "required")
 
 
 # ---------------------------------------------------------------- LC-Rec JSON

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from onereason.train import parse_stage_config
+from onereason.train import STAGES, parse_stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(
@@ -56,6 +56,23 @@ def test_every_recipe_parses_into_its_stage(recipe):
         "-m onereason.train --config" in header.replace("\\\n#", "") or "onereason train --config" in header
     )
     assert "Sized for:" in header
+
+
+@pytest.mark.parametrize(
+    "folder", sorted(p for p in (REPO / "recipes").glob("qwen3-*") if p.is_dir()), ids=lambda p: p.name
+)
+def test_each_qwen3_folder_has_every_stage_and_each_recipe_parses_into_its_stage(folder, monkeypatch):
+    assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted(STAGES)
+    monkeypatch.chdir(REPO)  # unify's specialist_recipe is a path from the repository root
+    for recipe in sorted(folder.glob("*.yaml")):
+        raw = yaml.safe_load(recipe.read_text())
+        argv = ["--config", str(recipe.relative_to(REPO)), *cpu_overrides(raw)]
+        module, configs = parse_stage_config(argv)
+        assert raw["stage"] == recipe.stem and module.__name__ == f"onereason.stages.{recipe.stem}"
+        assert [type(c) for c in configs] == list(module.CONFIG_CLASSES)
+        assert configs[-1].output_dir == f"runs/{folder.name}/{recipe.stem}"
+        if recipe.stem == "unify":
+            assert configs[2].specialist_recipe == f"recipes/{folder.name}/grpo.yaml"
 
 
 def test_key_value_overrides_win_over_the_yaml(tmp_path):

@@ -15,6 +15,7 @@ Loaders only read and convert; de-duplication, k-core and the like live in
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 
 from data_builders.sources.common import DataError, DropCounter, Loaded
@@ -87,4 +88,55 @@ def load_source(name: str, /, strict: bool = False, **options) -> Loaded:
         raise
 
 
-__all__ = ["SOURCES", "DataError", "DropCounter", "Loaded", "load_source", "register_source"]
+def source_options(name: str) -> list[tuple[str, str, str]]:
+    """`(option, default as Python writes it or "required", help)` of every `source_options` key source `name` accepts.
+
+    Read from the code, so `build-data --help` cannot drift from it: the names and defaults
+    are the loader's keyword arguments (or the fields of its `options_from` class, for a
+    loader that passes `**options` on), the help their lines in its docstring's `Options:`.
+    """
+    loader = SOURCES[name]
+    target = getattr(loader, "options_from", loader)
+    doc = inspect.getdoc(target) or ""
+    helps = {}
+    for line in doc.partition("Options:")[2].splitlines()[1:]:
+        if not line.strip():
+            break
+        option, _, text = line.strip().partition(":")
+        helps[option.strip()] = text.strip()
+    rows = []
+    for p in inspect.signature(target).parameters.values():
+        if p.name == "strict" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        rows.append((p.name, "required" if p.default is p.empty else repr(p.default), helps.get(p.name, "")))
+    return rows
+
+
+def sources_help() -> str:
+    """Every source with its one-line summary and its `source_options` (`build-data --help`)."""
+    lines = [
+        "sources (`source: NAME`) and their `source_options` (a YAML mapping, or JSON on the command line):"
+    ]
+    for name in SOURCES:
+        try:
+            summary = (inspect.getdoc(SOURCES[name]) or "").split("\n")[0]
+            options = source_options(name)
+        except ImportError as err:  # one loader's missing dependency leaves the others listed
+            lines += ["", f"  {name}: cannot be imported ({err})"]
+            continue
+        lines += ["", f"  {name}: {summary}"]
+        w1, w2 = (max((len(row[i]) for row in options), default=0) for i in (0, 1))
+        lines += [f"    {o:<{w1}}  {default:<{w2}}  {help}" for o, default, help in options]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "SOURCES",
+    "DataError",
+    "DropCounter",
+    "Loaded",
+    "load_source",
+    "register_source",
+    "source_options",
+    "sources_help",
+]

@@ -112,7 +112,12 @@ def _finish(df: pl.DataFrame, records: list[dict] | None, drops: DropCounter, wh
 
 
 def load_amazon2018(reviews: str, meta: str | None = None, strict: bool = False) -> Loaded:
-    """`reviews`: e.g. `Industrial_and_Scientific.json.gz`; `meta`: `meta_Industrial_and_Scientific.json.gz`."""
+    """Amazon Reviews 2018: reviews and meta as json lines.
+
+    Options:
+        reviews: reviews file, e.g. `Industrial_and_Scientific.json.gz`
+        meta: meta file, e.g. `meta_Industrial_and_Scientific.json.gz` (default: items with their ids only)
+    """
     drops = DropCounter(strict)
     path = require_file(reviews, "Amazon 2018 reviews")
     df = _read_reviews(path, drops, ("reviewerID", "asin", "overall", "unixReviewTime"), 1)
@@ -123,7 +128,13 @@ def load_amazon2018(reviews: str, meta: str | None = None, strict: bool = False)
 def load_amazon2023(
     reviews: str, meta: str | None = None, item_key: str = "parent_asin", strict: bool = False
 ) -> Loaded:
-    """`reviews`: e.g. `Industrial_and_Scientific.jsonl.gz`; timestamps in milliseconds become seconds."""
+    """Amazon Reviews 2023: reviews and meta as json lines; timestamps in milliseconds become seconds.
+
+    Options:
+        reviews: reviews file, e.g. `Industrial_and_Scientific.jsonl.gz`
+        meta: meta file, e.g. `meta_Industrial_and_Scientific.jsonl.gz` (default: items with their ids only)
+        item_key: review field naming the item: `parent_asin` (the product) or `asin` (its variant)
+    """
     drops = DropCounter(strict)
     path = require_file(reviews, "Amazon 2023 reviews")
     df = _read_reviews(path, drops, ("user_id", item_key, "rating", "timestamp"), 1000)

@@ -24,10 +24,12 @@ from data_builders.sources.common import (
 
 
 def load_lcrec(path: str, name: str | None = None, index: str | None = None, strict: bool = False) -> Loaded:
-    """Load `<path>/<name>.inter.json` + `.item.json`.
+    """Load `<path>/<name>.inter.json` + `.item.json` (LC-Rec / LETTER JSON).
 
-    `index` picks a published index file when there are several (e.g. `"rkmeans_zcr"` for
-    `Scientific.rkmeans_zcr.index.json`); by default the only one, or the first in name order.
+    Options:
+        path: folder holding `<name>.inter.json` and `<name>.item.json`
+        name: file stem when the folder holds several data sets (default: the only one)
+        index: published SID index to pass on, e.g. `rkmeans_zcr` (default: the only or first one)
     """
     folder = Path(path)
     prefix = f"{name}." if name else ""

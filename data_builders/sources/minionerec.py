@@ -93,7 +93,12 @@ def _read_catalogue(folder: Path, name: str, drops: DropCounter) -> tuple[list[d
 
 
 def load_minionerec(path: str, name: str = "", strict: bool = False) -> Loaded:
-    """Load every split folder present; at least one CSV is required. `name`: file-name prefix."""
+    """Load every split folder present (MiniOneRec CSVs); at least one CSV is required.
+
+    Options:
+        path: folder holding `train/`, `valid/`, `test/` CSVs, `info/` and `index/`
+        name: file-name prefix when the folders hold several data sets
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"MiniOneRec folder not found: {folder}")

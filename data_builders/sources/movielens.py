@@ -96,7 +96,13 @@ def _movies_1m(path: Path, encoding: str, drops: DropCounter) -> list[dict]:
 def load_movielens(
     path: str, variant: str | None = None, encoding: str | None = None, strict: bool = False
 ) -> Loaded:
-    """`variant`: 100k | 1m | latest (detected from the files when omitted)."""
+    """MovieLens ratings and movies.
+
+    Options:
+        path: folder holding the MovieLens files
+        variant: 100k | 1m | latest (default: detected from the files)
+        encoding: text encoding (default: latin-1 for 100k and 1m, utf-8 for latest)
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"MovieLens folder not found: {folder}")

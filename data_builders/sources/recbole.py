@@ -76,6 +76,16 @@ def load_recbole(
     rating_field: str = "rating",
     strict: bool = False,
 ) -> Loaded:
+    """RecBole atomic files.
+
+    Options:
+        path: folder holding `<name>.inter` and `<name>.item`
+        name: file stem when the folder holds several data sets (default: the only `.inter` file)
+        user_field: `.inter` field naming the user
+        item_field: `.inter` and `.item` field naming the item
+        time_field: `.inter` field holding the time (absent: the file order is the time)
+        rating_field: `.inter` field holding the rating (the weight)
+    """
     folder = Path(path)
     drops = DropCounter(strict)
     inter_path = find_file(

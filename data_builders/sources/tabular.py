@@ -200,7 +200,20 @@ def load_tabular(
     event: str = "interact",
     strict: bool = False,
 ) -> Loaded:
-    """Load a log file (and optionally a catalogue file) with canonical names mapped from source ones."""
+    """Load a log file (and optionally a catalogue file) with canonical names mapped from source ones.
+
+    Options:
+        interactions: log file (CSV, TSV, Parquet or JSON lines, gzipped or not)
+        columns: canonical name -> log column, e.g. {user_id: uid, item_id: sku, timestamp: ts}
+        items: catalogue file (default: items with their ids only)
+        item_columns: canonical name -> catalogue column, e.g. {item_id: sku, title: name}
+        format: csv | parquet | jsonl (default: from the extension)
+        item_format: format of the catalogue file (default: from the extension)
+        delimiter: CSV field separator
+        encoding: text encoding of CSV and JSON files
+        timestamp_unit: s | ms | us | ns | datetime | order (the file order is the time)
+        event: event name of every row when the log has no event column
+    """
     path = require_file(interactions, "interactions file")
     drops = DropCounter(strict)
     mapping = dict(columns or {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"})
