@@ -4,7 +4,8 @@
 puts all of them side by side, adds a paired bootstrap for every pair worth comparing —
 thinking vs non-thinking of the same checkpoint, and each later checkpoint vs the first
 in the same mode (e.g. RL vs SFT) — and draws two panels: the headline metrics per run
-with 95% bootstrap intervals, and hit rate by think length for the thinking runs.
+with 95% bootstrap intervals, and hit rate by think length for the thinking runs. Thinking
+runs carry their trace quality (`evaluation.traces.trace_quality`) in both reports.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class RunResult:
     sid: Metrics | None = None
     stats: dict = field(default_factory=dict)
     think_tokens: np.ndarray | None = None  # per user, for the think-length panel
+    traces: dict | None = None  # thinking runs: `evaluation.traces.trace_quality`
 
     @property
     def is_baseline(self) -> bool:
@@ -123,6 +125,7 @@ def markdown(results, comparisons, columns, meta) -> str:
         ]
         for r in sid_runs:
             lines.append(f"| {r.name} | " + " | ".join(_fmt(r.sid.means.get(c)) for c in columns) + " |")
+    lines += trace_table([r for r in results if r.traces is not None])
     for c in comparisons:
         lines += [
             "",
@@ -138,6 +141,47 @@ def markdown(results, comparisons, columns, meta) -> str:
                     f"| {m} | {i.diff:+.4f} | [{i.low:+.4f}, {i.high:+.4f}] | {i.p_value:.3f} | {'yes' if i.significant else 'no'} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def trace_table(runs: Sequence[RunResult]) -> list[str]:
+    """The markdown lines of the trace-quality table (thinking runs), or none without such runs."""
+    if not runs:
+        return []
+    criteria = list(dict.fromkeys(c for r in runs for c in r.traces["criteria"]))
+    metric = runs[0].traces["hit_by_trace"]["metric"]
+    head = [
+        "traces",
+        "well formed",
+        "right",
+        *criteria,
+        "hallucination",
+        f"{metric} right (users)",
+        f"{metric} wrong (users)",
+    ]
+    lines = [
+        "",
+        "## Trace quality (thinking runs; a criterion's accuracy is right / (right + wrong): "
+        "malformed traces are wrong, silent ones left out)",
+        "",
+        "| run | " + " | ".join(head) + " |",
+        "|---" * (len(head) + 1) + "|",
+    ]
+    for r in runs:
+        t = r.traces
+        split = [t["hit_by_trace"][side] for side in ("right", "wrong")]
+        cells = [
+            str(t["traces"]),
+            _fmt(t["well_formed"]),
+            _fmt(t["right"]),
+            *[_fmt(t["criteria"].get(c, {}).get("accuracy")) for c in criteria],
+            _fmt(t["hallucination"]["rate"]),
+            *[f"{_fmt(h['value'])} ({h['users']})" for h in split],
+        ]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    sources = dict.fromkeys(r.traces["scored_against"] for r in runs)
+    skipped = {c: why for r in runs for c, why in r.traces["not_scored"].items()}
+    lines += ["", f"- scored against: {', '.join(sources)}"]
+    return lines + [f"- {c} not scored: {why}" for c, why in skipped.items()]
 
 
 def plot(
@@ -226,6 +270,7 @@ def write_report(
                 "sid": r.sid.to_dict() if r.sid is not None else None,
                 "intervals_95": {m: [i.low, i.high] for m, i in intervals.get(r.name, {}).items()},
                 "stats": r.stats,
+                **({"traces": r.traces} if r.traces is not None else {}),
             }
             for r in results
         ],

@@ -1,12 +1,16 @@
 """`onereason eval`: checkpoints × modes × protocol → runs, metrics, baselines, report.
 
-    onereason eval --config recipes/eval/scientific_loo.yaml
-    onereason eval --config recipes/eval/sft_vs_rl.yaml --compare        # both modes + bootstrap
-    onereason eval --models runs/tiny/sft --data_path runs/tiny/data --max_examples 50
+    onereason eval --config recipes/scientific/eval.yaml --models runs/sft runs/grpo   # compare: true
+    onereason eval --models runs/tiny/sft --data_path runs/tiny/data --compare --max_examples 50
 
 Writes to `out_dir`: `runs/<checkpoint>-<mode>.jsonl` (one line per user), `report.json`,
 `report.md`, `comparison.png` (docs/ARCHITECTURE.md, "evaluation outputs"). Generation is
 resumable: rerunning the same command skips the shards already on disk.
+
+Every thinking run also gets its trace quality (`evaluation.traces`): traces scored against
+the target, the history and, on the synthetic world, the planted interests, with Hit@10
+split by right vs wrong traces. The items table and ground truth come from the build-data
+folder (`data_dir`, else found from `data_path`).
 
 `data_path` may be a task dataset (`onereason build-tasks` output: the prompts the model was
 trained with), a split folder (`onereason build-data` output; `splits/<split>.parquet`), a
@@ -37,6 +41,7 @@ from evaluation.protocols import (
 )
 from evaluation.report import RunResult, write_report
 from evaluation.sasrec import sasrec_baseline
+from evaluation.traces import TraceScorer, trace_quality
 from onereason.configs import prefer
 from onereason.consistency import (
     SafetyArguments,
@@ -85,6 +90,13 @@ class EvalConfig:
     )
     train_split: str | None = field(
         default=None, metadata={"help": "train split for baselines (default: <data>/splits/train.parquet)"}
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "build-data folder whose items.parquet (and truth.parquet, synthetic world) thinking "
+            "traces are scored against (default: found from data_path)"
+        },
     )
     out_dir: str = field(default="runs/eval", metadata={"help": "output folder"})
     shard_size: int = field(default=256, metadata={"help": "users per resumable shard"})
@@ -168,6 +180,25 @@ def ranking_depth(ks: Sequence[int], num_beams: int | None) -> tuple[tuple[int, 
     return kept, note
 
 
+def build_data_folder(cfg: EvalConfig) -> Path | None:
+    """The build-data folder behind `data_path` (a split folder, a split file inside one, or a task
+    dataset whose config.yaml names it), where trace scoring finds the items table; None when unknown."""
+    import yaml
+
+    if cfg.data_dir:
+        return Path(cfg.data_dir)
+    path = Path(cfg.data_path)
+    if (path / "splits").is_dir():
+        return path
+    if path.suffix == ".parquet" and path.parent.name == "splits":
+        return path.parent.parent
+    config = path / "config.yaml"
+    if (path / "dataset_dict.json").exists() and config.is_file():
+        built = (yaml.safe_load(config.read_text()) or {}).get("data_dir")
+        return Path(built) if built and Path(built).is_dir() else None
+    return None
+
+
 def valid_rows(cfg: EvalConfig) -> list[dict] | None:
     """Validation split rows beside the train split (SASRec stops on them), if there are any."""
     train = Path(cfg.train_split) if cfg.train_split else Path(cfg.data_path) / "splits" / "train.parquet"
@@ -175,7 +206,15 @@ def valid_rows(cfg: EvalConfig) -> list[dict] | None:
     return read_split(path) if path.exists() and path.suffix == ".parquet" else None
 
 
-def score(name: str, checkpoint: str, mode: str, run: list[dict], ks, wall_s: float | None) -> RunResult:
+def score(
+    name: str,
+    checkpoint: str,
+    mode: str,
+    run: list[dict],
+    ks,
+    wall_s: float | None,
+    traces: dict | None = None,
+) -> RunResult:
     has_sids = all(r.get("target_sids") for r in run)
     return RunResult(
         name=name,
@@ -185,6 +224,7 @@ def score(name: str, checkpoint: str, mode: str, run: list[dict], ks, wall_s: fl
         sid=compute_metrics(run, ks, "sid") if has_sids and run else None,
         stats=generation_stats(run, wall_s) if mode != "baseline" else {"n_users": len(run)},
         think_tokens=np.array([float(r.get("think_tokens") or 0) for r in run]),
+        traces=traces,
     )
 
 
@@ -224,6 +264,8 @@ def preflight(cfg: EvalConfig, safety: SafetyArguments) -> None:
     )
     if cfg.train_split:
         require_path(cfg.train_split, "train_split", "file")
+    if cfg.data_dir:
+        require_path(cfg.data_dir, "data_dir", "dir")
     if not cfg.item_index and not cfg.models:
         raise UsageError("item_index is not set (with no --models there is no model folder to take it from)")
     check_model_and_index(  # no models: the --item_index alone
@@ -262,9 +304,12 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
     make_output_dir(out, overwrite=True, replaces=False)  # checked by `preflight`; made once inputs pass
     results: list[RunResult] = []
     names = cfg.names or [Path(m).name or m for m in cfg.models]
+    histories = {ex.key: ex.history for ex in examples}
+    k_trace = 10 if 10 in ks else max(ks)
     for model_path, name in zip(cfg.models, names):
         this_index = load_item_index(model_path, cfg.item_index)
         loaded = load_model_and_tokenizer(model_path, dtype=cfg.dtype, device=cfg.device or _default_device())
+        scorer = TraceScorer.from_folder(this_index, build_data_folder(cfg)) if "think" in cfg.modes else None
         for mode in cfg.modes:
             run, wall = evaluate_checkpoint(
                 model_path,
@@ -276,7 +321,8 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
                 cfg.shard_size,
                 model_and_tokenizer=loaded,
             )
-            results.append(score(f"{name}/{mode}", name, mode, run, ks, wall))
+            traces = trace_quality(run, scorer, histories, k_trace) if mode == "think" else None
+            results.append(score(f"{name}/{mode}", name, mode, run, ks, wall, traces))
     baselines, skipped = run_baselines(cfg, examples, index, ks)
     meta = {
         "protocol": cfg.protocol,

@@ -82,6 +82,24 @@ class SIDFormat:
         body = "".join(rf"<{re.escape(p)}_(\d{{1,9}})>" for p in self.prefixes)
         return re.compile(f"{re.escape(self.begin or '')}{body}{re.escape(self.end or '')}")
 
+    def prefix_codes(self, text: object) -> tuple[int, ...] | None:
+        """The codes of a SID prefix written as its itemic tokens, level by level from the first
+        (`<s_a_3><s_b_1>`; boundary tokens and spaces between tokens allowed), or None when
+        `text` is anything else. Traces speak of SID prefixes; this reads them back. Never raises."""
+        if not isinstance(text, str):
+            return None
+        rest = text.strip()
+        for marker in self.boundary_tokens:
+            rest = rest.replace(marker, " ")
+        codes = []
+        for prefix in self.prefixes:
+            match = re.match(rf"\s*<{re.escape(prefix)}_(\d{{1,9}})>", rest)
+            if not match:
+                break
+            codes.append(int(match.group(1)))
+            rest = rest[match.end() :]
+        return tuple(codes) if codes and not rest.strip() else None
+
     def to_dict(self) -> dict:
         return {"prefixes": list(self.prefixes), "begin": self.begin, "end": self.end}
 

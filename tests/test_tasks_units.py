@@ -131,3 +131,22 @@ def test_every_template_file_loads_and_lists_phrasings():
     assert all(len(v) >= 2 for v in rec["question"].values())
     assert {"caption", "text2sid", "sid2term", "term2sid", "item_qa", "association"} <= set(perception)
     assert set(load_templates("cot")) == {"derivation", "evolution", "recommendation"}
+
+
+def test_short_prompts_are_one_fixed_phrasing_for_both_row_kinds():
+    from data_builders.tasks.history import HistoryStyle
+    from data_builders.tasks.recommendation import RecommendationTasks, RecRow
+
+    c = catalog_with_sids()
+    style = HistoryStyle("sid", "none", numbered=False)
+    short = RecommendationTasks(c, style, system_prompt=False, short_prompts=True)
+    pooled = RecommendationTasks(c, style, system_prompt=False)
+    rows = [RecRow(f"train:{k}", "u", [0, 1], [0, 0], [3]) for k in range(12)]
+    texts = {short.user_text(task, r) for r in rows for task in ("rec_sid", "rec_seq")}
+    assert texts == {f"History:\n{c.sid_texts[0]}{c.sid_texts[1]}\nNext item?"}
+    assert len({pooled.user_text("rec_sid", r) for r in rows}) > 1  # the pool varies per row
+    assert all(len(short.user_text("rec_sid", r)) < len(pooled.user_text("rec_sid", r)) for r in rows)
+    row = short.build("rec_sid", "no_think", rows[0], None)
+    assert row["prompt"][-1]["content"].startswith("History:\n") and row["completion"][-1][
+        "content"
+    ].endswith(c.sid_texts[3])

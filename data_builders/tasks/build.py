@@ -1,4 +1,4 @@
-"""`onereason build-tasks --config recipes/data/tasks_scientific.yaml`: splits -> task datasets.
+"""`onereason build-tasks --config recipes/scientific/tasks.yaml`: splits -> task datasets.
 
 Reads a build-data folder (items.parquet, splits/{train,valid,test}.parquet) and an
 item_index.json, and writes the "task datasets" contract of docs/ARCHITECTURE.md:
@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from datasets import Dataset, DatasetDict, Features, List, Value
 
@@ -37,7 +36,7 @@ from data_builders.tasks.card import dataset_card
 from data_builders.tasks.catalog import ItemCatalog, build_catalog
 from data_builders.tasks.cot import CotConfig, DeterministicCot
 from data_builders.tasks.history import HistoryStyle
-from data_builders.tasks.interests import InterestRecovery
+from data_builders.tasks.interests import TRUTH_FILES, InterestRecovery, read_truth
 from data_builders.tasks.leakage import LeakageMeter, find_leaks
 from data_builders.tasks.mixture import DEFAULT_MIXTURE, MixtureEntry, load_mixture, parse_mixture
 from data_builders.tasks.perception import ITEM_TASKS, PerceptionTasks, association_pairs
@@ -92,6 +91,14 @@ class BuildTasksConfig:
         metadata={
             "help": "number the history items (1., 2., …); false writes bare SIDs back to back, "
             "five tokens an item instead of nine"
+        },
+    )
+    short_prompts: bool = field(
+        default=False,
+        metadata={
+            "help": "one short fixed header and question for the recommendation tasks ('History:' ... "
+            "'Next item?') instead of a pool of phrasings: a from-scratch model learns nothing from prompt "
+            "words it reads in every row (~15 fewer tokens a row); keep the pool for pretrained LLMs"
         },
     )
     system_prompt: bool = field(default=True, metadata={"help": "start each prompt with a short system turn"})
@@ -203,12 +210,10 @@ def read_rows(
 
 def load_truth(config: BuildTasksConfig) -> tuple[pa.Table, pa.Table] | None:
     folder = Path(config.truth_dir or config.data_dir)
-    truth, interests = folder / "truth.parquet", folder / "interests.parquet"
-    if truth.exists() and interests.exists():
-        return pq.read_table(truth), pq.read_table(interests)
-    if config.truth_dir:
-        raise FileNotFoundError(f"truth_dir {folder} must hold truth.parquet and interests.parquet")
-    return None
+    found = read_truth(folder)
+    if found is None and config.truth_dir:
+        raise FileNotFoundError(f"truth_dir {folder} must hold {' and '.join(TRUTH_FILES)}")
+    return found
 
 
 # ---------------------------------------------------------------------- the build
@@ -235,7 +240,9 @@ class TaskBuilder:
             title_max_chars=config.title_max_chars,
             numbered=config.history_numbered,
         )
-        self.rec = RecommendationTasks(catalog, style, config.system_prompt, seed, config.top_k)
+        self.rec = RecommendationTasks(
+            catalog, style, config.system_prompt, seed, config.top_k, config.short_prompts
+        )
         self.perception = PerceptionTasks(catalog, config.system_prompt, seed)
         self.cot = DeterministicCot(
             catalog,

@@ -21,6 +21,7 @@ The target is never named: every value written passes `Forbidden.allows` for eve
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -30,6 +31,13 @@ from data_builders.tasks.phrasing import load_templates
 
 PATTERNS = ("long_term", "short_term", "periodic", "fading")
 SECTIONS = ("Derivation:", "Evolution:", "Recommendation:")
+# How the parts of a trace are joined (`evaluation.traces` reads traces back with these)
+LIST_SEP = ", "  # values, citations, attributes, terms
+ITEM_SEP = "; "  # the described items; an item's words and its codes
+SHARED_PREFIX = "prefix "  # before the SID prefix two related items share
+UNNAMED_INTEREST = "interest {j}"  # label of an interest point whose every value would name the target
+NO_WORDS = "an item"  # an item with no word that is safe to write
+CITATION = re.compile(r"#(\d+)")  # how a trace cites history item n (numbered from 1)
 SECONDS_PER_DAY = 86400
 # timestamps below this are ordinals, not seconds since the epoch: no "days" in the text
 MIN_EPOCH_SECONDS = 100_000_000
@@ -187,7 +195,7 @@ class DeterministicCot:
 
     def _label(self, point: InterestPoint, forbidden, j: int) -> str:
         parts = [v for v in point.key if forbidden.allows(v)]
-        return ", ".join(parts) if parts else f"interest {j + 1}"
+        return LIST_SEP.join(parts) if parts else UNNAMED_INTEREST.format(j=j + 1)
 
     def _choose(self, points: list[InterestPoint], target: int) -> tuple[int, bool]:
         c = self.catalog
@@ -214,7 +222,7 @@ class DeterministicCot:
             for name, v in c.attributes[item].items()
             if name not in level_names and name != "brand" and forbidden.allows(v)
         ][:2]
-        return ", ".join(words + extra) or "an item"
+        return LIST_SEP.join(words + extra) or NO_WORDS
 
     def _derivation(self, history, noise, forbidden) -> str:
         t = self.templates["derivation"]
@@ -226,15 +234,15 @@ class DeterministicCot:
             what = self._item_words(history[p], forbidden)
             prefix = c.sid_prefix(history[p], self.prefix_levels) if self.prefix_levels else ""
             if prefix and forbidden.allows(prefix):
-                what += "; " + t["item_codes"].format(prefix=prefix)
+                what += ITEM_SEP + t["item_codes"].format(prefix=prefix)
             described.append(t["item"].format(n=p + 1, what=f"({what})"))
-        sentences = [t["opening"].format(items="; ".join(described))]
+        sentences = [t["opening"].format(items=ITEM_SEP.join(described))]
         for p in recent:
             relation = self._relation(history, p, forbidden)
             if relation:
                 sentences.append(relation)
         if noise:
-            sentences.append(t["noise"].format(items=", ".join(f"#{p + 1}" for p in noise)))
+            sentences.append(t["noise"].format(items=LIST_SEP.join(f"#{p + 1}" for p in noise)))
         else:
             sentences.append(t["no_noise"])
         return " ".join(sentences)
@@ -267,8 +275,8 @@ class DeterministicCot:
             prefix_len += 1
         words = list(best_shared)
         if prefix_len:
-            words.append("prefix " + "".join(a[:prefix_len]))
-        return t["relation"].format(a=p + 1, b=best + 1, shared=", ".join(words))
+            words.append(SHARED_PREFIX + "".join(a[:prefix_len]))
+        return t["relation"].format(a=p + 1, b=best + 1, shared=LIST_SEP.join(words))
 
     def _evolution(self, points, timestamps, n) -> str:
         t = self.templates["evolution"]
@@ -282,7 +290,7 @@ class DeterministicCot:
                 spans = [timestamps[b] - timestamps[a] for a, b in zip(p.evidence, p.evidence[1:])]
                 days = t["days"].format(days=max(1, round(sorted(spans)[len(spans) // 2] / SECONDS_PER_DAY)))
             pattern = t["patterns"][p.pattern].format(first=first, last=last, gap=p.gap, days=days)
-            evidence = ", ".join(f"#{q + 1}" for q in p.evidence)
+            evidence = LIST_SEP.join(f"#{q + 1}" for q in p.evidence)
             sentences.append(t["interest"].format(j=j + 1, label=p.label, evidence=evidence, pattern=pattern))
         return " ".join(sentences)
 
@@ -305,14 +313,14 @@ class DeterministicCot:
             if mine.get(name) == v and forbidden.allows(v)
         ]
         if attrs:
-            sentences.append(t["expect"].format(attributes=", ".join(attrs)))
+            sentences.append(t["expect"].format(attributes=LIST_SEP.join(attrs)))
         prefix = self._common_prefix(p.sid_prefix, target)
         if prefix and forbidden.allows(prefix):
             sentences.append(t["prefix"].format(prefix=prefix))
         own_terms = set((c.terms[target] or [])[:DISTINGUISHING_SLOT])
         terms = [w for w in p.shared_terms if w in own_terms and forbidden.allows(w)]
         if terms:
-            sentences.append(t["terms"].format(terms=", ".join(terms)))
+            sentences.append(t["terms"].format(terms=LIST_SEP.join(terms)))
         return " ".join(sentences)
 
     def _common_prefix(self, prefix: str, target: int) -> str:
@@ -339,3 +347,13 @@ def classify_pattern(evidence: list[int], n: int) -> tuple[str, int]:
     if evidence[-1] < 0.6 * n:
         return "fading", 0
     return "long_term", 0
+
+
+def section_texts(text: str) -> list[str] | None:
+    """The Derivation, Evolution and Recommendation parts of a trace (each from its heading),
+    or None when a heading is missing or out of order: the one test of a trace's shape."""
+    positions = [text.find(s) for s in SECTIONS]
+    if min(positions) < 0 or positions != sorted(positions):
+        return None
+    ends = positions[1:] + [len(text)]
+    return [text[start:end].strip() for start, end in zip(positions, ends)]

@@ -23,14 +23,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 from data_builders.tasks.catalog import ItemCatalog
-from data_builders.tasks.cot import SECTIONS
+from data_builders.tasks.cot import CITATION, SECTIONS, section_texts
 from data_builders.tasks.history import HistoryStyle, render_history
 from data_builders.tasks.leakage import find_leaks, forbidden_for
 from data_builders.tasks.phrasing import load_templates
 
 logger = logging.getLogger(__name__)
 
-_CITATION = re.compile(r"#(\d+)")
 _WORD = re.compile(r"\w+")
 LOOP_WINDOW = 8
 LOOP_REPEATS = 3
@@ -49,12 +48,11 @@ def verify_trace(
     text = text.strip()
     if not text:
         return "empty"
-    positions = [text.find(s) for s in SECTIONS]
-    if min(positions) < 0 or positions != sorted(positions):
+    if section_texts(text) is None:
         return "missing_sections"
     if find_leaks(text, catalog, targets):
         return "leak"
-    if any(not 1 <= int(n) <= len(history) for n in _CITATION.findall(text)):
+    if any(not 1 <= int(n) <= len(history) for n in CITATION.findall(text)):
         return "bad_citation"
     if index is not None:
         allowed = {catalog.item_ids[i] for i in history}

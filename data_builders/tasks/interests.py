@@ -7,12 +7,16 @@ planted interest that produced the strict majority of its evidence items (one-to
 A planted interest counts as recoverable when it produced at least `min_support` of the
 history items (one visit is not an interest anyone could see). Micro-averaged over
 examples: precision = matched points / points, recall = matched / recoverable interests.
+
+`PlantedInterests` answers the evaluation's question about the same truth: which planted
+interest produced a *target* interaction (so a generated trace can be checked for naming it).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -71,3 +75,49 @@ class InterestRecovery:
             "f1": f1,
             "pattern_accuracy": self.pattern_hits / self.matched if self.matched else 0.0,
         }
+
+
+TRUTH_FILES = ("truth.parquet", "interests.parquet")  # beside a build-data folder's tables (synthetic world)
+
+
+def read_truth(folder: str | Path) -> tuple[pa.Table, pa.Table] | None:
+    """(truth, interests) of a build-data folder, or None when it holds no ground truth (real data)."""
+    import pyarrow.parquet as pq
+
+    paths = [Path(folder) / name for name in TRUTH_FILES]
+    if not all(p.is_file() for p in paths):
+        return None
+    return pq.read_table(paths[0]), pq.read_table(paths[1])
+
+
+class PlantedInterests:
+    """The planted interest behind a target interaction, found in the user's logged sequence.
+
+    Evaluation examples carry item ids, not timestamps, so the target's event is the
+    occurrence of the target item whose preceding items agree longest with the history.
+    """
+
+    def __init__(self, truth: pa.Table, interests: pa.Table):
+        self.sequences: dict[str, list[tuple[str, str | None]]] = {}
+        for user, item, iid in zip(
+            truth.column("user_id").to_pylist(),
+            truth.column("item_id").to_pylist(),
+            truth.column("interest_id").to_pylist(),
+        ):
+            self.sequences.setdefault(user, []).append((item, iid))
+        self.interests = {row["interest_id"]: row for row in interests.to_pylist()}
+
+    def behind(self, user_id: str, history: Sequence[str], target: str) -> dict | None:
+        """The interests-table row of the interest that produced `target` after `history`;
+        None when it was noise or the event is not in the log."""
+        seq = self.sequences.get(user_id, [])
+        best, best_agree = None, -1
+        for j, (item, iid) in enumerate(seq):
+            if item != target:
+                continue
+            agree = 0
+            while agree < min(j, len(history)) and seq[j - 1 - agree][0] == history[-1 - agree]:
+                agree += 1
+            if agree >= best_agree:
+                best, best_agree = iid, agree
+        return self.interests.get(best) if best is not None else None

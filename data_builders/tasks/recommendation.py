@@ -88,6 +88,7 @@ class RecommendationTasks:
         system_prompt: bool = True,
         seed: int = 0,
         top_k: int = 5,
+        short_prompts: bool = False,
     ):
         self.catalog = catalog
         self.style = style
@@ -106,6 +107,8 @@ class RecommendationTasks:
         self.seed = seed
         self.top_k = top_k
         self.templates = load_templates("recommendation")
+        # One fixed short header and question instead of the pool (see BuildTasksConfig.short_prompts).
+        self.phrasings = self.templates["short"] if short_prompts else self.templates
 
     def ineligible(self, task: str, row: RecRow) -> str | None:
         """Why `row` cannot make a `task` example (a drop reason), or None."""
@@ -124,7 +127,7 @@ class RecommendationTasks:
 
     def user_text(self, task: str, row: RecRow, copy: int = 0) -> str:
         """The user turn without its switch: identical for both modes of one (row, copy)."""
-        t = self.templates
+        t = self.phrasings
         render = self.render["term" if task == "rec_term" else "sid"]
         header = pick(t["history_header"], self.seed, "header", row.key, copy)
         phrasing = "rec_sid" if task in SEQUENCE_TASKS else task  # byte-identical to the rec_sid row
