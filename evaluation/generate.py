@@ -1,18 +1,31 @@
-"""Top-K items per user by trie-constrained beam search, in either thinking mode.
+"""Top-K items per user by trie-constrained beam search, with or without thinking, or both.
 
-Both modes share the prompt (the task's chat, its switch set by `switch_mode`) and the beam
-budget; they differ only in what comes before the SIDs:
+Every mode shares the prompt (the task's chat, its switch set by `switch_mode`) and spends
+the same beam budget, `num_beams` SID beams per user in all (`head_beams`), so a thinking
+run is compared with a non-thinking run at equal decoding cost; the modes differ only in
+what comes before the SIDs:
 
 - **no_think**: prompt + `<think>\\n\\n</think>\\n\\n` (forced; the model never chooses its mode),
-  then beam search under the SID trie;
+  then `num_beams` beams under the SID trie;
 - **think**: prompt + `<think>\\n` (forced), then the trace is *sampled* with its own
   temperature / top-p / top-k until `</think>` or `think_budget` tokens (an unfinished trace
   is closed with a forced `\\n</think>\\n\\n`), then the same constrained beam search.
-  With `think_samples = S > 1` (test-time scaling) S traces are sampled per user and the
-  beams of all S searches are merged: `merge="mean_prob"` scores a SID by its probability
-  averaged over the traces (a Monte-Carlo estimate of p(SID | prompt) with the trace
-  marginalised out; a SID missing from a trace's beams counts 0 there), `merge="max"` by its
-  best log-probability.
+  With `think_samples = S > 1` (test-time scaling, e.g. 5 traces x 2 beams for 10 beams)
+  S traces are sampled per user and share the beams (`onereason.decoding.split_beams`:
+  `num_beams / S` each, the first traces getting the remainder; S may not exceed
+  `num_beams`). The beams of all S searches are merged: `merge="mean_prob"` scores a SID
+  by its probability averaged over the traces (a Monte-Carlo estimate of p(SID | prompt)
+  with the trace marginalised out; a SID missing from a trace's beams counts 0 there),
+  `merge="max"` by its best log-probability;
+- **race**: half the beams go to thinking heads (the `think` mode's S traces, sharing
+  `ceil(num_beams / 2)` beams) and half to a non-thinking head (`floor(num_beams / 2)`);
+  the traces are merged among themselves as in `think`, then both sides are merged into
+  one list by score. A SID both sides found keeps its *best* score, not the log-sum-exp:
+  the two scores are log-probabilities under two different contexts of the same model, and
+  adding the probabilities would rank a SID up merely for being found twice, while the best
+  keeps every score a probability under one context, comparable with the SIDs only one
+  side found. Each ranked SID records the mode whose score it kept (`ranked_modes`), and
+  the report gives the share of each mode in the top-10 (`evaluation.metrics.mode_shares`).
 
 Both stages run on `onereason.decoding.TwoStageDecoder`, the decoder RL rollouts use too.
 SID answers are decoded by `onereason.sid_beam.constrained_beam_search`, which encodes each
@@ -22,14 +35,15 @@ summed log-probabilities of the SID tokens and EOS (every SID has the same lengt
 trie removes continuations without renormalising, exactly as transformers' beam search
 with the trie logits processor and `length_penalty=0` does, so a score is
 log p(SID | context) under the model itself, which is also what the test-time-scaling
-merge needs. If the catalogue has fewer SIDs than beams, the missing beams are skipped. The returned list is the beams in score order, parsed back to SIDs token by token
+merge needs. If the catalogue has fewer SIDs than beams, the missing beams are skipped.
+The returned list is the beams in score order, parsed back to SIDs token by token
 (`index.parse` on the joined token strings, so decoding's spacing rules never matter). A
 beam that is not exactly one catalogue SID is *invalid*: counted in `n_valid`, left out of
 the ranking. With the trie every beam is valid by construction; the count guards a broken
 trie or tokenizer.
 
-`answer="term"` (Term-ID models) decodes free text with the same beams, reads
-`[term, term, …]` from each beam and grounds it to catalogue items with
+`answer="term"` (Term-ID models; `no_think` and `think` only) decodes free text with the
+same beams, reads `[term, term, …]` from each beam and grounds it to catalogue items with
 `onereason.terms.ElasticGrounder`; beams contribute their grounded
 items in beam order.
 
@@ -51,6 +65,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,8 +81,9 @@ from onereason.decoding import (
     ThinkSettings,
     TwoStageDecoder,
     VllmThinkSampler,
+    by_beam_count,
     resolve_backend,
-    sid_token_length,
+    split_beams,
 )
 from onereason.io import atomic_write_json, atomic_write_text
 from onereason.terms import parse_answer_terms
@@ -76,6 +92,8 @@ from onereason.vocab import check_itemic_tokens
 
 logger = logging.getLogger(__name__)
 
+EVAL_MODES = ("no_think", "think", "race")
+TRACE_MODES = ("think", "race")  # the modes that sample traces
 MERGES = ("mean_prob", "max")
 ANSWERS = ("sid", "term")
 EVALUATE_WITH_ITS_INDEX = "evaluate with the index the model was trained with"
@@ -83,7 +101,10 @@ EVALUATE_WITH_ITS_INDEX = "evaluate with the index the model was trained with"
 
 @dataclass
 class DecodingConfig:
-    """Decoding settings shared by both modes (only the `think_*` ones are thinking-only)."""
+    """Decoding settings shared by every mode (only the `think_*` ones are thinking-only).
+
+    `num_beams` is the beam budget per user of every mode (`head_beams`); `think_samples`
+    traces share it."""
 
     num_beams: int = 20
     batch_size: int = 8
@@ -112,6 +133,28 @@ class DecodingConfig:
             raise ValueError(f"think_backend must be one of {BACKENDS}, got {self.think_backend!r}")
 
 
+def head_beams(mode: str, cfg: DecodingConfig) -> list[tuple[str, int]]:
+    """(kind of think block, beams) of each head a user gets in `mode`: `num_beams` beams in all.
+
+    Thinking heads come first, one per trace; see the module doc for each mode's split.
+    Impossible splits (more traces than beams) fail here, before any model loads.
+    """
+    if mode not in EVAL_MODES:
+        raise ValueError(f"mode must be one of {EVAL_MODES}, got {mode!r}")
+    if mode == "race" and cfg.answer != "sid":
+        raise ValueError("mode race merges SID beams by score: it needs answer: sid")
+    try:
+        if mode == "no_think":
+            return [("no_think", cfg.num_beams)]
+        thinking, plain = split_beams(cfg.num_beams, 2) if mode == "race" else (cfg.num_beams, 0)
+        heads = [("think", k) for k in split_beams(thinking, cfg.think_samples)]
+    except ValueError as e:
+        raise ValueError(
+            f"mode {mode} with num_beams {cfg.num_beams} and think_samples {cfg.think_samples}: {e}"
+        ) from None
+    return heads + ([("no_think", plain)] if plain else [])
+
+
 class BeamRanker:
     """Ranks catalogue items for chat prompts with one model, tokenizer and item index."""
 
@@ -137,7 +180,6 @@ class BeamRanker:
             eos_ids.insert(0, tokenizer.eos_token_id)
         self.decoder = TwoStageDecoder(tokenizer, trie, eos_ids)
         self.eos_ids, self.pad_id = self.decoder.eos_ids, self.decoder.pad_id
-        self.sid_len = sid_token_length(index, tokenizer)
         self.think_backend = resolve_backend(cfg.think_backend)
         if self.think_backend == "vllm" and not model_path:
             raise ValueError("think_backend: vllm needs the checkpoint's path (vLLM loads it itself)")
@@ -161,11 +203,16 @@ class BeamRanker:
 
     # ------------------------------------------------------------------ generation
 
-    def _generate(self, heads: list[list[int]], config: GenerationConfig, constrained: bool):
-        """Answers for `heads`: (new tokens per beam, beam scores); trie-constrained SID beams or free text."""
-        if constrained:
-            return self.decoder.sid_beams(self.model, heads, config.num_beams)
-        return self.decoder.generate(self.model, heads, config)
+    def _answers(self, heads: list[list[int]], counts: list[int]):
+        """(new tokens per beam, beam scores), head by head, `counts[h]` beams for head h:
+        trie-constrained SID beams or free text."""
+        if self.cfg.answer == "sid":
+            return self.decoder.sid_beams(self.model, heads, counts)
+        return by_beam_count(heads, counts, self._text_beams)
+
+    def _text_beams(self, heads: list[list[int]], k: int):
+        new, scores = self.decoder.generate(self.model, heads, self._text_config(k))
+        return new, scores or [0.0] * len(new)  # one beam is greedy: no sequence scores
 
     def _think(self, prompts: list[list[int]]) -> list[list[ThinkBlock]]:
         """Per prompt, `think_samples` think blocks (on transformers or vLLM)."""
@@ -196,16 +243,14 @@ class BeamRanker:
             )
         return self._vllm
 
-    def _answer_config(self) -> GenerationConfig:
-        cfg = self.cfg
-        max_new = self.sid_len + 1 if cfg.answer == "sid" else cfg.max_answer_tokens
+    def _text_config(self, k: int) -> GenerationConfig:
+        """Free-text (Term-ID) answers: `k` beams of at most `max_answer_tokens`."""
+        beams = {"num_beams": k, "length_penalty": 0.0, "early_stopping": True} if k > 1 else {}
         return GenerationConfig(
             do_sample=False,
-            num_beams=cfg.num_beams,
-            num_return_sequences=cfg.num_beams,
-            length_penalty=0.0,
-            early_stopping=True,
-            max_new_tokens=max_new,
+            num_return_sequences=k,
+            **beams,
+            max_new_tokens=self.cfg.max_answer_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             output_scores=True,
@@ -234,42 +279,43 @@ class BeamRanker:
         return out
 
     def _rank_batch(self, batch: Sequence[EvalExample], mode: str) -> list[dict]:
-        cfg = self.cfg
+        plan = head_beams(mode, self.cfg)
         began = time.perf_counter()
-        prompts = [self.prompt_ids(ex.messages, mode) for ex in batch]
-        if mode == "think":
-            thinks = self._think(prompts)
-        elif mode == "no_think":
-            thinks = [[self.decoder.empty_block()] for _ in prompts]
-        else:
-            raise ValueError(f"mode must be 'think' or 'no_think', got {mode!r}")
-        heads = [p + t.ids for p, samples in zip(prompts, thinks) for t in samples]
-        new, scores = self._generate(heads, self._answer_config(), constrained=cfg.answer == "sid")
-        per_head = cfg.num_beams
+        # each kind of head reads the prompt with its own switch, as its single-mode run does
+        kinds = dict.fromkeys(kind for kind, _ in plan)
+        prompts = {kind: [self.prompt_ids(ex.messages, kind) for ex in batch] for kind in kinds}
+        traces = self._think(prompts["think"]) if "think" in prompts else None
+        heads = []
+        for u in range(len(batch)):
+            blocks = iter(traces[u] if traces else [])
+            for kind, _ in plan:
+                block = next(blocks) if kind == "think" else self.decoder.empty_block()
+                heads.append(prompts[kind][u] + block.ids)
+        new, scores = self._answers(heads, [k for _ in batch for _, k in plan])
         latency = (time.perf_counter() - began) / len(batch)
         records = []
-        head = 0
-        for ex, samples in zip(batch, thinks):
-            beams: list[tuple[int, str, float]] = []  # (sample, text, log-prob)
-            for s in range(len(samples)):
-                for b in range(per_head):
-                    row = head * per_head + b
-                    if scores and scores[row] == -math.inf:
-                        continue  # the trie had fewer SIDs than beams: a padding beam
-                    beams.append((s, self._tokens_text(new[row]), scores[row] if scores else 0.0))
-                head += 1
-            records.append(self._record(ex, mode, samples, beams, latency))
+        row = 0
+        for u, ex in enumerate(batch):
+            beams: list[tuple[str, str, float]] = []  # (kind of head, text, log-prob)
+            for kind, k in plan:
+                for r in range(row, row + k):
+                    if scores[r] != -math.inf:  # else the trie had fewer SIDs than beams: padding
+                        beams.append((kind, self._tokens_text(new[r]), scores[r]))
+                row += k
+            samples = traces[u] if traces else [self.decoder.empty_block()]
+            records.append(self._record(ex, mode, samples, beams, plan, latency))
         return records
 
     # ------------------------------------------------------------------ beams -> ranking
 
-    def _record(self, ex: EvalExample, mode: str, samples, beams, latency: float) -> dict:
+    def _record(self, ex: EvalExample, mode: str, samples, beams, plan, latency: float) -> dict:
         if self.cfg.answer == "term":
             ranked_items, n_valid = self._ground(beams)
             ranked_sids = list(dict.fromkeys(self.index.sid_text(i) for i in ranked_items))
             scores: list[float] = []
+            ranked_modes = [mode] * len(ranked_sids)  # term answers: think or no_think only
         else:
-            ranked_sids, scores, n_valid = self._merge(beams, len(samples))
+            ranked_sids, scores, ranked_modes, n_valid = self._merge(beams, Counter(k for k, _ in plan))
             ranked_items = [
                 item for sid in ranked_sids for item in self.index.items_for_sid(self.index.parse(sid)[0])
             ]
@@ -282,33 +328,44 @@ class BeamRanker:
             "ranked_sids": ranked_sids,
             "ranked_items": ranked_items,
             "scores": scores,
+            "ranked_modes": ranked_modes,
             "n_beams": len(beams),
             "n_valid": n_valid,
             "think_tokens": sum(s.n_sampled for s in samples) / len(samples),
             "think_budget_exhausted": any(s.exhausted for s in samples),
-            "think": [self.trace_text(s) for s in samples] if mode == "think" else [],
+            "think": [self.trace_text(s) for s in samples] if mode in TRACE_MODES else [],
             "latency_s": latency,
         }
 
-    def _merge(self, beams, n_samples: int) -> tuple[list[str], list[float], int]:
-        """Valid beams -> SIDs by merged score (see the module doc), best first."""
-        per_sid: dict[str, list[float]] = {}
+    def _merge(self, beams, heads: Counter) -> tuple[list[str], list[float], list[str], int]:
+        """Valid beams -> (at most `num_beams` SIDs by merged score, best first; their scores;
+        the kind of head each score came from; valid beams).
+
+        Beams of heads of one kind (the traces) are merged by `merge` over `heads[kind]`
+        heads, then the kinds by the best score (see the module doc).
+        """
+        per_sid: dict[tuple[str, str], list[float]] = {}
         n_valid = 0
-        for _, text, score in beams:
+        for kind, text, score in beams:
             sids = self.index.parse(text)
             if len(sids) != 1 or self.index.render(sids[0]) != text:
                 continue
             n_valid += 1
-            per_sid.setdefault(text, []).append(score)
-        merged = {}
-        for sid, sc in per_sid.items():
-            if self.cfg.merge == "max" or n_samples == 1:
-                merged[sid] = max(sc)
-            else:
-                top = max(sc)
-                merged[sid] = top + math.log(sum(math.exp(s - top) for s in sc)) - math.log(n_samples)
-        order = sorted(merged, key=lambda s: -merged[s])  # stable: ties keep beam order
-        return order[: self.cfg.num_beams], [merged[s] for s in order[: self.cfg.num_beams]], n_valid
+            per_sid.setdefault((text, kind), []).append(score)
+        best: dict[str, tuple[float, str]] = {}
+        for (sid, kind), sc in per_sid.items():
+            merged = self._merge_scores(sc, heads[kind])
+            if sid not in best or merged > best[sid][0]:
+                best[sid] = (merged, kind)
+        order = sorted(best, key=lambda s: -best[s][0])[: self.cfg.num_beams]  # stable: ties keep beam order
+        return order, [best[s][0] for s in order], [best[s][1] for s in order], n_valid
+
+    def _merge_scores(self, scores: list[float], n_heads: int) -> float:
+        """One SID's log-probs from `n_heads` heads of one kind -> its merged log-prob."""
+        top = max(scores)
+        if self.cfg.merge == "max" or n_heads == 1:
+            return top
+        return top + math.log(sum(math.exp(s - top) for s in scores)) - math.log(n_heads)
 
     def _ground(self, beams) -> tuple[list[str], int]:
         queries = [(text, parse_answer_terms(text)) for _, text, _ in beams]
@@ -332,7 +389,13 @@ class BeamRanker:
 def run_fingerprint(model_path: str, mode: str, cfg: DecodingConfig, examples: Sequence[EvalExample]) -> str:
     decoding = {k: v for k, v in asdict(cfg).items() if k != "vllm_gpu_memory_utilization"}  # not a result
     payload = json.dumps(
-        {"model": str(model_path), "mode": mode, "decoding": decoding, "keys": [e.key for e in examples]},
+        {
+            "model": str(model_path),
+            "mode": mode,
+            "decoding": decoding,
+            "heads": head_beams(mode, cfg),  # how the beams are shared: shards split otherwise never mix
+            "keys": [e.key for e in examples],
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -4,7 +4,7 @@ A *run* is a list of per-user records (the lines of `runs/<checkpoint>-<mode>.js
 
     {"user_id": "u1", "targets": ["i7"], "target_sids": ["<a_1><b_2>"],
      "ranked_sids": ["<a_1><b_2>", ...], "ranked_items": ["i7", "i9", ...],
-     "n_beams": 20, "n_valid": 20, "think_tokens": 0, "latency_s": 0.01}
+     "ranked_modes": ["think", "no_think", ...], "n_beams": 20, "n_valid": 20, "think_tokens": 0, "latency_s": 0.01}
 
 Definitions (binary relevance, the conventions `ranx` and `pytrec_eval` use):
 
@@ -32,10 +32,13 @@ dropped). Per-user values are kept so the paired bootstrap can resample users.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from onereason.thinking import MODES
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 32)
 MINIONEREC_KS: tuple[int, ...] = (3, 5, 10)
@@ -143,3 +146,15 @@ def generation_stats(run: Sequence[Mapping], wall_s: float | None = None) -> dic
         "latency_p95_s": float(np.percentile(latency, 95)),
         "users_per_s": len(run) / total if total > 0 else None,
     }
+
+
+def mode_shares(run: Sequence[Mapping], k: int = 10) -> dict:
+    """Which mode put a race run's top-`k` SIDs there: `{k, sids, shares: {mode: share}}`.
+
+    A record's `ranked_modes[i]` is the mode whose score `ranked_sids[i]` kept; the shares
+    pool every user's top `k` SIDs (SID positions, not item positions) and sum to 1 (None
+    when no user has a SID).
+    """
+    counts = Counter(m for r in run for m in (r.get("ranked_modes") or [])[:k])
+    total = sum(counts.values())
+    return {"k": k, "sids": total, "shares": {m: counts[m] / total if total else None for m in MODES}}

@@ -2,10 +2,12 @@
 
 `RunResult` is one scored run (a checkpoint in one mode, or a baseline). `write_report`
 puts all of them side by side, adds a paired bootstrap for every pair worth comparing —
-thinking vs non-thinking of the same checkpoint, and each later checkpoint vs the first
-in the same mode (e.g. RL vs SFT) — and draws two panels: the headline metrics per run
-with 95% bootstrap intervals, and hit rate by think length for the thinking runs. Thinking
-runs carry their trace quality (`evaluation.traces.trace_quality`) in both reports.
+each thinking mode (think, race) vs non-thinking of the same checkpoint, and each later
+checkpoint vs the first in the same mode (e.g. RL vs SFT) — and draws two panels: the
+headline metrics per run with 95% bootstrap intervals, and hit rate by think length for
+the thinking runs. Thinking runs carry their trace quality (`evaluation.traces.trace_quality`)
+and race runs the share of their top SIDs each mode found (`evaluation.metrics.mode_shares`)
+in both reports.
 """
 
 from __future__ import annotations
@@ -25,16 +27,22 @@ from onereason.io import atomic_write_bytes, atomic_write_json, atomic_write_tex
 class RunResult:
     name: str  # e.g. "sft/think" or "baseline/popularity"
     checkpoint: str
-    mode: str  # "think", "no_think" or "baseline"
+    mode: str  # "think", "no_think", "race" or "baseline"
     item: Metrics
     sid: Metrics | None = None
     stats: dict = field(default_factory=dict)
     think_tokens: np.ndarray | None = None  # per user, for the think-length panel
     traces: dict | None = None  # thinking runs: `evaluation.traces.trace_quality`
+    mode_shares: dict | None = None  # race runs: `evaluation.metrics.mode_shares`
 
     @property
     def is_baseline(self) -> bool:
         return self.mode == "baseline"
+
+    @property
+    def thinks(self) -> bool:
+        """Whether the run sampled traces (think and race runs)."""
+        return self.mode not in ("baseline", "no_think")
 
 
 @dataclass
@@ -65,14 +73,14 @@ def headline_metrics(ks: Sequence[int], families: Sequence[str]) -> list[str]:
 
 
 def comparison_pairs(results: Sequence[RunResult]) -> list[tuple[RunResult, RunResult]]:
-    """think vs no_think per checkpoint; later checkpoints vs the first, per mode."""
+    """Each other mode (think, race) vs no_think per checkpoint; later checkpoints vs the first, per mode."""
     models = [r for r in results if not r.is_baseline]
     pairs = []
     for ckpt in dict.fromkeys(r.checkpoint for r in models):
         by_mode = {r.mode: r for r in models if r.checkpoint == ckpt}
-        if "think" in by_mode and "no_think" in by_mode:
-            pairs.append((by_mode["think"], by_mode["no_think"]))
-    for mode in ("no_think", "think"):
+        if "no_think" in by_mode:
+            pairs += [(r, by_mode["no_think"]) for mode, r in by_mode.items() if mode != "no_think"]
+    for mode in dict.fromkeys(r.mode for r in models):
         same = [r for r in models if r.mode == mode]
         pairs += [(later, same[0]) for later in same[1:]]
     return pairs
@@ -126,6 +134,7 @@ def markdown(results, comparisons, columns, meta) -> str:
         for r in sid_runs:
             lines.append(f"| {r.name} | " + " | ".join(_fmt(r.sid.means.get(c)) for c in columns) + " |")
     lines += trace_table([r for r in results if r.traces is not None])
+    lines += shares_table([r for r in results if r.mode_shares is not None])
     for c in comparisons:
         lines += [
             "",
@@ -184,6 +193,26 @@ def trace_table(runs: Sequence[RunResult]) -> list[str]:
     return lines + [f"- {c} not scored: {why}" for c, why in skipped.items()]
 
 
+def shares_table(runs: Sequence[RunResult]) -> list[str]:
+    """The markdown lines of the race runs' mode shares, or none without race runs."""
+    if not runs:
+        return []
+    modes = list(dict.fromkeys(m for r in runs for m in r.mode_shares["shares"]))
+    k = runs[0].mode_shares["k"]
+    lines = [
+        "",
+        f"## Race: which mode found the top-{k} SIDs (share of SIDs, pooled over users)",
+        "",
+        "| run | SIDs | " + " | ".join(modes) + " |",
+        "|---" * (len(modes) + 2) + "|",
+    ]
+    for r in runs:
+        shares = r.mode_shares["shares"]
+        cells = [str(r.mode_shares["sids"]), *[_fmt(shares.get(m)) for m in modes]]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot(
     path: Path, results: Sequence[RunResult], metrics: Sequence[str], intervals: dict, k_hit: str
 ) -> None:
@@ -207,9 +236,7 @@ def plot(
     left.set_ylabel("mean over users (95% bootstrap interval)")
     left.set_title("metric by run and mode")
     left.legend(fontsize=8)
-    thinking = [
-        r for r in results if r.mode == "think" and r.think_tokens is not None and len(r.think_tokens)
-    ]
+    thinking = [r for r in results if r.thinks and r.think_tokens is not None and len(r.think_tokens)]
     for r in thinking:
         tokens, hits = r.think_tokens, r.item.per_user[k_hit]
         edges = np.unique(np.quantile(tokens, np.linspace(0, 1, 6)))
@@ -271,6 +298,7 @@ def write_report(
                 "intervals_95": {m: [i.low, i.high] for m, i in intervals.get(r.name, {}).items()},
                 "stats": r.stats,
                 **({"traces": r.traces} if r.traces is not None else {}),
+                **({"mode_shares": r.mode_shares} if r.mode_shares is not None else {}),
             }
             for r in results
         ],

@@ -7,7 +7,12 @@ Writes to `out_dir`: `runs/<checkpoint>-<mode>.jsonl` (one line per user), `repo
 `report.md`, `comparison.png` (docs/ARCHITECTURE.md, "evaluation outputs"). Generation is
 resumable: rerunning the same command skips the shards already on disk.
 
-Every thinking run also gets its trace quality (`evaluation.traces`): traces scored against
+`modes` are `no_think`, `think` and `race` (thinking and non-thinking beams merged into one
+list; `evaluation.generate`), all at the same beam budget per user; every other mode is
+compared with `no_think` of the same checkpoint by a paired bootstrap. A race run reports
+the share of its top-10 SIDs each mode found.
+
+Every thinking (think or race) run also gets its trace quality (`evaluation.traces`): traces scored against
 the target, the history and, on the synthetic world, the planted interests, with Hit@10
 split by right vs wrong traces. The items table and ground truth come from the build-data
 folder (`data_dir`, else found from `data_path`).
@@ -28,8 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.baselines import cooccurrence_baseline, popularity_baseline
-from evaluation.generate import DecodingConfig, evaluate_checkpoint, load_item_index
-from evaluation.metrics import compute_metrics, generation_stats
+from evaluation.generate import (
+    EVAL_MODES,
+    TRACE_MODES,
+    DecodingConfig,
+    evaluate_checkpoint,
+    head_beams,
+    load_item_index,
+)
+from evaluation.metrics import compute_metrics, generation_stats, mode_shares
 from evaluation.protocols import (
     PROTOCOLS,
     EvalExample,
@@ -80,8 +92,16 @@ class EvalConfig:
     tasks: list[str] = field(
         default_factory=lambda: ["rec_sid"], metadata={"help": "task-dataset tasks to evaluate"}
     )
-    modes: list[str] = field(default_factory=lambda: ["no_think"], metadata={"help": "think and/or no_think"})
-    compare: bool = field(default=False, metadata={"help": "evaluate both modes and add paired bootstraps"})
+    modes: list[str] = field(
+        default_factory=lambda: ["no_think"], metadata={"help": "no_think, think and/or race"}
+    )
+    compare: bool = field(
+        default=False,
+        metadata={
+            "help": "evaluate no_think and think (unless modes already pair no_think with think or "
+            "race) and add paired bootstraps"
+        },
+    )
     max_history: int = field(default=20, metadata={"help": "history items shown in plain prompts"})
     max_examples: int | None = field(default=None, metadata={"help": "evaluate only the first N examples"})
     baselines: list[str] = field(
@@ -108,16 +128,17 @@ class EvalConfig:
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
-        if self.compare and sorted(self.modes) != ["no_think", "think"]:
-            # `compare` means both modes; an explicit `modes` beats a recipe's `compare`, and vice versa.
+        if self.compare and not compared(self.modes):
+            # `compare` means no_think and a thinking mode; an explicit `modes` beats a recipe's
+            # `compare`, and vice versa.
             clash = f"--compare true --modes {' '.join(self.modes)}"
             if prefer((self, "compare"), (self, "modes"), clash) == "compare":
                 self.modes = ["no_think", "think"]
             else:
                 self.compare = False
-        bad = [m for m in self.modes if m not in ("think", "no_think")]
+        bad = [m for m in self.modes if m not in EVAL_MODES]
         if bad:
-            raise ValueError(f"modes must be think and/or no_think, got {bad}")
+            raise ValueError(f"modes must be among {EVAL_MODES}, got {bad}")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; known: {BASELINES}")
@@ -125,9 +146,14 @@ class EvalConfig:
             raise ValueError(f"{len(self.names)} names for {len(self.models)} models")
 
 
+def compared(modes: Sequence[str]) -> bool:
+    """Whether `modes` hold what `compare` asks for: no_think and at least one thinking mode."""
+    return "no_think" in modes and any(m in TRACE_MODES for m in modes)
+
+
 @dataclass
 class DecodingArgs(DecodingConfig):
-    """Decoding settings (same for both modes; `think_*` apply to the thinking stage only)."""
+    """Decoding settings (same for every mode; `think_*` apply to the thinking stage only)."""
 
 
 def load_examples(cfg: EvalConfig, index) -> tuple[list[EvalExample], str]:
@@ -214,6 +240,7 @@ def score(
     ks,
     wall_s: float | None,
     traces: dict | None = None,
+    shares: dict | None = None,
 ) -> RunResult:
     has_sids = all(r.get("target_sids") for r in run)
     return RunResult(
@@ -225,6 +252,7 @@ def score(
         stats=generation_stats(run, wall_s) if mode != "baseline" else {"n_users": len(run)},
         think_tokens=np.array([float(r.get("think_tokens") or 0) for r in run]),
         traces=traces,
+        mode_shares=shares,
     )
 
 
@@ -285,6 +313,8 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
     if not cfg.models and not cfg.baselines:
         raise ValueError("nothing to evaluate: give models and/or baselines")
     protocol = PROTOCOLS[cfg.protocol]
+    for mode in cfg.modes if cfg.models else ():
+        head_beams(mode, decoding)  # an impossible beam split fails before any model loads
     ks, depth = ranking_depth(protocol.ks, decoding.num_beams if cfg.models else None)
     out = Path(cfg.out_dir)
     index = (
@@ -305,11 +335,12 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
     results: list[RunResult] = []
     names = cfg.names or [Path(m).name or m for m in cfg.models]
     histories = {ex.key: ex.history for ex in examples}
-    k_trace = 10 if 10 in ks else max(ks)
+    k_top = 10 if 10 in ks else max(ks)  # trace quality's Hit@k and race's mode shares
     for model_path, name in zip(cfg.models, names):
         this_index = load_item_index(model_path, cfg.item_index)
         loaded = load_model_and_tokenizer(model_path, dtype=cfg.dtype, device=cfg.device or _default_device())
-        scorer = TraceScorer.from_folder(this_index, build_data_folder(cfg)) if "think" in cfg.modes else None
+        thinking = any(m in TRACE_MODES for m in cfg.modes)
+        scorer = TraceScorer.from_folder(this_index, build_data_folder(cfg)) if thinking else None
         for mode in cfg.modes:
             run, wall = evaluate_checkpoint(
                 model_path,
@@ -321,8 +352,9 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
                 cfg.shard_size,
                 model_and_tokenizer=loaded,
             )
-            traces = trace_quality(run, scorer, histories, k_trace) if mode == "think" else None
-            results.append(score(f"{name}/{mode}", name, mode, run, ks, wall, traces))
+            traces = trace_quality(run, scorer, histories, k_top) if mode in TRACE_MODES else None
+            shares = mode_shares(run, k_top) if mode == "race" else None
+            results.append(score(f"{name}/{mode}", name, mode, run, ks, wall, traces, shares))
     baselines, skipped = run_baselines(cfg, examples, index, ks)
     meta = {
         "protocol": cfg.protocol,

@@ -11,7 +11,9 @@ evaluation) decodes the same way, here:
    `no_think` mode get the empty block `<think>\\n\\n</think>\\n\\n`, forced.
 2. **answer**: SIDs under the trie, either the top-K beams of
    `onereason.sid_beam.constrained_beam_search` (scores are log p(SID, EOS | head)) or
-   sampled by `generate` with the trie's logits processor.
+   sampled by `generate` with the trie's logits processor. K may differ per head
+   (`sid_beams` takes one count per head): a budget of beams shared by several think
+   blocks of one prompt (`split_beams`) is spent, not multiplied, by sampling more traces.
 
 A `ThinkBlock` keeps, per think block, its token ids and which of them were sampled
 (`mask`: 1 sampled, 0 forced), which RL needs for its loss and evaluation for its think
@@ -40,6 +42,8 @@ from onereason.thinking import EMPTY_THINK, MODES, THINK_CLOSE, THINK_OPEN
 THINK_BUDGET = 128  # most tokens sampled inside <think>, unless a recipe says otherwise
 
 ThinkSampler = Callable[[list[list[int]]], Sequence[Sequence[int]]]
+# search(heads, k) -> (k answers per head, flattened head by head; their scores)
+BeamSearch = Callable[[list[list[int]], int], tuple[list[list[int]], list[float]]]
 
 
 BACKENDS = ("transformers", "vllm", "auto")
@@ -159,6 +163,37 @@ def sid_token_length(index, tokenizer, sample: int = 1000) -> int:
     return max(len(tokenizer(index.sid_text(i), add_special_tokens=False)["input_ids"]) for i in items)
 
 
+def split_beams(total: int, parts: int) -> list[int]:
+    """`total` beams shared by `parts` heads as evenly as possible; the first heads get the remainder.
+
+    Sampling more traces then spends the same beam budget instead of multiplying it, so a
+    thinking run and a non-thinking run compare at equal decoding cost (10 beams over 3
+    traces: 4, 3, 3). Every head needs at least one beam.
+    """
+    if parts < 1 or total < parts:
+        raise ValueError(f"{total} beams cannot be shared by {parts} heads: each needs at least one")
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def by_beam_count(heads: Sequence[Sequence[int]], counts: Sequence[int], search: BeamSearch):
+    """`search` once per distinct beam count, its answers put back head by head: (answers, scores).
+
+    A head's count is the width of its own beam search, never a cut of a wider one (the
+    top 3 of a 6-beam search are not what a 3-beam search finds), so heads are batched only
+    with heads of the same count.
+    """
+    if len(counts) != len(heads):
+        raise ValueError(f"{len(heads)} heads but {len(counts)} beam counts")
+    per_head: list = [None] * len(heads)
+    for k in dict.fromkeys(counts):
+        which = [h for h, c in enumerate(counts) if c == k]
+        answers, scores = search([list(heads[h]) for h in which], k)
+        for j, h in enumerate(which):
+            per_head[h] = (answers[j * k : (j + 1) * k], scores[j * k : (j + 1) * k])
+    return [a for answers, _ in per_head for a in answers], [s for _, scores in per_head for s in scores]
+
+
 class TwoStageDecoder:
     """Think blocks and trie-constrained SID answers for token-id prompts, with one tokenizer and trie."""
 
@@ -260,15 +295,20 @@ class TwoStageDecoder:
     # ------------------------------------------------------------------ stage 2
 
     def sid_beams(
-        self, model, heads: Sequence[Sequence[int]], num_beams: int, num_sids: int = 1
+        self, model, heads: Sequence[Sequence[int]], num_beams: int | Sequence[int], num_sids: int = 1
     ) -> tuple[list[list[int]], list[float]]:
-        """The top `num_beams` trie-valid answers of every head, flattened head by head, with scores.
+        """The top trie-valid answers of every head, flattened head by head, with scores.
 
-        A beam ends with EOS then padding; when the trie has fewer answers than beams, the
-        missing beams have score `-inf` (callers skip them).
+        `num_beams` is one count for every head or one per head (`by_beam_count`). A beam
+        ends with EOS then padding; when the trie has fewer answers than beams, the missing
+        beams have score `-inf` (callers skip them).
         """
+        counts = [num_beams] * len(heads) if isinstance(num_beams, int) else list(num_beams)
+        return by_beam_count(heads, counts, lambda hs, k: self._sid_search(model, hs, k, num_sids))
+
+    def _sid_search(self, model, heads: list[list[int]], num_beams: int, num_sids: int):
         device = next(model.parameters()).device
-        input_ids, attention = left_padded([list(h) for h in heads], self.pad_id)
+        input_ids, attention = left_padded(heads, self.pad_id)
         sequences, scores = constrained_beam_search(
             model,
             input_ids.to(device),

@@ -156,22 +156,21 @@ class TwoStageGenerator:
         return Rollout(prompt_ids, completion_ids, env_mask, sid_start, list(modes), beam_rank)
 
     def _beam_answers(self, model, heads: list[list[int]], sizes: list[int]) -> list[list[list[int]]]:
-        """Top-`size` beams per head (heads with the same group size are batched together).
+        """Top-`size` beams per head (one beam search per group size, in the decoder).
 
         When the trie has fewer SIDs than a group has rows, the best beam fills the missing ranks.
         """
-        out: list[list[list[int]] | None] = [None] * len(heads)
-        for size in sorted(set(sizes)):
-            which = [k for k, s in enumerate(sizes) if s == size]
-            beams, scores = self.decoder.sid_beams(model, [heads[k] for k in which], size, self.num_sids)
-            for j, k in enumerate(which):
-                ranked = [
-                    self.decoder.until_eos(beams[j * size + b])
-                    for b in range(size)
-                    if scores[j * size + b] != float("-inf")
-                ]
-                out[k] = ranked + [ranked[0]] * (size - len(ranked))
-        return out  # type: ignore[return-value]
+        beams, scores = self.decoder.sid_beams(model, heads, sizes, self.num_sids)
+        out, start = [], 0
+        for size in sizes:
+            ranked = [
+                self.decoder.until_eos(beams[b])
+                for b in range(start, start + size)
+                if scores[b] != float("-inf")
+            ]
+            out.append(ranked + [ranked[0]] * (size - len(ranked)))
+            start += size
+        return out
 
 
 def _groups(prompt_ids: list[list[int]], group_size: int) -> list[list[int]]:

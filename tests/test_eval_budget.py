@@ -1,0 +1,180 @@
+"""Thinking at the non-thinking beam budget: several traces share the beams, and race mode
+merges thinking and non-thinking beams into one list; beams are counted where they are decoded."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+from test_eval_generate import examples, make_index, split_folder
+
+import onereason.decoding
+from evaluation.generate import BeamRanker, DecodingConfig, head_beams
+from evaluation.metrics import mode_shares
+from evaluation.report import RunResult, comparison_pairs
+from evaluation.run import EvalConfig
+from onereason.configs import ConflictingSettings
+from onereason.decoding import split_beams
+
+
+@pytest.fixture(scope="module")
+def world(make_tiny_model):
+    from onereason.modeling import load_model_and_tokenizer
+
+    index = make_index()
+    path = make_tiny_model(itemic_tokens=index.itemic_tokens())
+    index.save(path / "item_index.json")
+    model, tokenizer = load_model_and_tokenizer(path, dtype=torch.float32)
+    model.eval()
+    return path, index, model, tokenizer
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Beams every constrained beam search returns, per call (rows x beams of its scores)."""
+    calls: list[int] = []
+    search = onereason.decoding.constrained_beam_search
+
+    def counting(*args, **kwargs):
+        sequences, scores = search(*args, **kwargs)
+        calls.append(scores.numel())
+        return sequences, scores
+
+    monkeypatch.setattr(onereason.decoding, "constrained_beam_search", counting)
+    return calls
+
+
+def test_beams_are_split_evenly_with_the_remainder_to_the_first_heads():
+    assert split_beams(10, 5) == [2] * 5  # OneRec-Think's 5 traces x 2 beams of a 10-beam budget
+    assert split_beams(10, 3) == [4, 3, 3]
+    assert split_beams(4, 4) == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="each needs at least one"):
+        split_beams(2, 3)
+
+
+def test_every_mode_plans_the_non_thinking_budget():
+    cfg = DecodingConfig(num_beams=7, think_samples=2)
+    assert head_beams("no_think", cfg) == [("no_think", 7)]
+    assert head_beams("think", cfg) == [("think", 4), ("think", 3)]
+    assert head_beams("race", cfg) == [("think", 2), ("think", 2), ("no_think", 3)]
+    for mode in ("no_think", "think", "race"):
+        assert sum(k for _, k in head_beams(mode, cfg)) == 7
+    with pytest.raises(ValueError, match="mode race with num_beams 3 and think_samples 3"):
+        head_beams("race", DecodingConfig(num_beams=3, think_samples=3))
+    with pytest.raises(ValueError, match="mode think with num_beams 2 and think_samples 3"):
+        head_beams("think", DecodingConfig(num_beams=2, think_samples=3))
+    with pytest.raises(ValueError, match="answer: sid"):
+        head_beams("race", DecodingConfig(num_beams=4, answer="term"))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        head_beams("sprint", cfg)
+
+
+@pytest.mark.parametrize(
+    "mode, samples", [("no_think", 1), ("think", 1), ("think", 3), ("race", 1), ("race", 2)]
+)
+def test_each_mode_decodes_exactly_the_non_thinking_beam_budget(world, decoded, mode, samples):
+    _, index, model, tokenizer = world
+    cfg = DecodingConfig(num_beams=7, batch_size=2, think_budget=6, think_samples=samples)
+    ranker = BeamRanker(model, tokenizer, index, cfg)
+    run = ranker.rank(examples(index, 3), mode)
+    assert sum(decoded) == 3 * 7  # beams decoded, over every search of every batch
+    for r in run:
+        assert r["n_beams"] == 7  # the trie holds more SIDs than beams: no padding beam
+        assert 0 < len(r["ranked_sids"]) == len(set(r["ranked_sids"])) <= 7
+        assert r["scores"] == sorted(r["scores"], reverse=True)
+        assert len(r["ranked_modes"]) == len(r["ranked_sids"])
+        assert len(r["think"]) == (samples if mode != "no_think" else 0)
+        if mode != "race":
+            assert set(r["ranked_modes"]) == {mode}
+
+
+def test_race_records_say_which_mode_each_sid_came_from(world):
+    _, index, model, tokenizer = world
+    cfg = DecodingConfig(num_beams=10, batch_size=4, think_budget=6)
+    run = BeamRanker(model, tokenizer, index, cfg).rank(examples(index, 4), "race")
+    modes = Counter(m for r in run for m in r["ranked_modes"])
+    assert set(modes) <= {"think", "no_think"} and modes["no_think"] > 0
+    shares = mode_shares(run, k=10)
+    assert shares["sids"] == sum(modes.values())
+    assert sum(shares["shares"].values()) == pytest.approx(1.0)
+    assert shares["shares"]["no_think"] == modes["no_think"] / shares["sids"]
+
+
+def test_merge_keeps_at_most_num_beams_sids_by_score_and_the_best_side_of_a_race(world):
+    _, index, model, tokenizer = world
+    ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=3))
+    a, b, c, d = (index.sid_text(f"i{i}") for i in (2, 3, 4, 5))
+    beams = [
+        ("think", a, -1.0),
+        ("think", b, -3.0),
+        ("no_think", a, -2.0),  # found by both sides: keeps the thinking side's better score
+        ("no_think", c, -0.5),
+        ("no_think", d, -4.0),  # fourth by score: cut at num_beams
+        ("think", "not a sid", -0.1),  # invalid: counted, not ranked
+    ]
+    sids, scores, modes, n_valid = ranker._merge(beams, Counter(think=1, no_think=1))
+    assert (sids, scores, modes, n_valid) == (
+        [c, a, b],
+        [-0.5, -1.0, -3.0],
+        ["no_think", "think", "think"],
+        5,
+    )
+    # two traces: a SID's thinking score is its probability averaged over both (0 where missing)
+    beams = [("think", a, -1.0), ("think", a, -2.0), ("think", b, -1.5), ("no_think", c, -1.2)]
+    sids, scores, modes, _ = ranker._merge(beams, Counter(think=2, no_think=1))
+    assert scores[sids.index(a)] == pytest.approx(math.log((math.exp(-1.0) + math.exp(-2.0)) / 2))
+    assert scores[sids.index(b)] == pytest.approx(-1.5 - math.log(2))
+    assert sids == [c, a, b] and modes == ["no_think", "think", "think"]  # -1.2 > log(0.25) > -2.2
+
+
+def test_mode_shares_pool_the_top_k_sids_and_sum_to_one():
+    run = [{"ranked_modes": ["think"] * 3 + ["no_think"] * 9}, {"ranked_modes": ["no_think"] * 2}]
+    assert mode_shares(run, k=10) == {"k": 10, "sids": 12, "shares": {"think": 0.25, "no_think": 0.75}}
+    assert mode_shares([{"ranked_modes": []}], k=10)["shares"] == {"think": None, "no_think": None}
+
+
+def test_race_is_a_mode_compared_with_no_think_like_think():
+    assert EvalConfig(compare=True, modes=["no_think", "race"]).modes == ["no_think", "race"]
+    with pytest.raises(ConflictingSettings):
+        EvalConfig(compare=True, modes=["race"])
+    with pytest.raises(ValueError, match="modes must be among"):
+        EvalConfig(modes=["no_think", "sprint"])
+    runs = [
+        RunResult(f"{c}/{m}", c, m, item=None) for c in ("sft", "rl") for m in ("no_think", "think", "race")
+    ]
+    pairs = {(a.name, b.name) for a, b in comparison_pairs(runs)}
+    assert {("sft/race", "sft/no_think"), ("sft/think", "sft/no_think"), ("rl/race", "sft/race")} <= pairs
+
+
+@pytest.mark.slow
+def test_onereason_eval_race_end_to_end(world, tmp_path):
+    from evaluation.run import main
+
+    path, _, _, _ = world
+    data = split_folder(tmp_path / "data")
+    out = tmp_path / "eval"
+    argv = [
+        "--models", str(path), "--names", "sft", "--data_path", str(data), "--modes", "no_think", "race",
+        "--out_dir", str(out), "--num_beams", "10", "--think_budget", "8", "--n_bootstrap", "200",
+        "--device", "cpu", "--allow_unknown",  # the index has a collision on purpose
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    runs = {r["name"]: r for r in report["runs"]}
+    assert list(runs)[:2] == ["sft/no_think", "sft/race"]
+    race = runs["sft/race"]
+    assert race["mode"] == "race" and race["item"]["n_users"] == 12 and "traces" in race
+    assert race["mode_shares"]["k"] == 10 and race["mode_shares"]["sids"] > 0
+    assert sum(race["mode_shares"]["shares"].values()) == pytest.approx(1.0)
+    assert "mode_shares" not in runs["sft/no_think"]
+    pairs = {(c["a"], c["b"], c["level"]) for c in report["comparisons"]}
+    assert {("sft/race", "sft/no_think", "item"), ("sft/race", "sft/no_think", "sid")} <= pairs
+    records = [json.loads(line) for line in (out / "runs" / "sft-race.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    assert all(r["n_beams"] == 10 and len(r["ranked_modes"]) == len(r["ranked_sids"]) for r in records)
+    md = (out / "report.md").read_text()
+    assert "## Race: which mode found the top-10 SIDs" in md and "| sft/race |" in md
+    assert "## sft/race − sft/no_think" in md
