@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,10 @@ def scientific(seed: int, reuse: bool = False) -> list[dict]:
     if not (runs / "ids" / "item_index.json").exists():
         onereason("build-ids", "--config", f"{SCI}/ids.yaml")
     base = OUT / f"scientific-seed{seed}"
+    if reuse and (base / "eval" / "report.json").exists():
+        report = json.loads((base / "eval" / "report.json").read_text())
+        return rows_from_report(report, seed, None, sft_record(base / "sft"))
+    shutil.rmtree(base, ignore_errors=True)  # this benchmark's own folder: a new run, never a resumed one
     model, sft_dir, tasks = base / "base", base / "sft", runs / "tasks-quality"
     if not (tasks / "dataset_dict.json").exists():
         onereason("build-tasks", "--config", f"{SCI}/tasks.yaml", "--out_dir", str(tasks))
