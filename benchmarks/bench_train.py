@@ -87,7 +87,7 @@ def bench_sft(args, world) -> list[tuple[str, float]]:
 
     from onereason.modeling import load_model_and_tokenizer
     from onereason.stages.common import DataArguments, load_task_dataset
-    from onereason.stages.sft import OneReasonSFTConfig, SFTArguments, run, training_rows
+    from onereason.stages.sft import SFTArguments, SFTConfig, run, training_rows
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +105,7 @@ def bench_sft(args, world) -> list[tuple[str, float]]:
             trainer.train()
             results.append(("trl", tokens_per_second(trainer)))
 
-            config = sft_config(Path(tmp) / f"ours{repeat}", args, OneReasonSFTConfig)
+            config = sft_config(Path(tmp) / f"ours{repeat}", args, SFTConfig)
             model_args = ModelConfig(model_name_or_path=str(world["model"]), dtype="float32")
             ours = run(model_args, data_args, SFTArguments(), config)
             results.append(("onereason", tokens_per_second(ours)))

@@ -179,6 +179,27 @@ def read_json_file(path: Path) -> Any:
         raise DataError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
 
 
+def read_item_catalogue(path: Path, drops: DropCounter) -> list[dict[str, Any]]:
+    """Item records from a JSON catalogue `{item_id: {title, ...}}` (the LC-Rec and MiniOneRec
+    `.item.json`); an entry that is not an object is dropped and counted."""
+    catalogue = read_json_file(path)
+    if not isinstance(catalogue, dict):
+        raise DataError(f"{path}: expected {{item: {{title, ...}}}}, got {type(catalogue).__name__}")
+    records = []
+    for item_id, fields in catalogue.items():
+        if not isinstance(fields, dict):
+            drops.add("malformed_row", where=f"{path}: item {item_id!r} is not an object")
+            continue
+        records.append(
+            {
+                "item_id": str(item_id),
+                "title": fields.get("title"),
+                **{k: v for k, v in fields.items() if k != "title"},
+            }
+        )
+    return records
+
+
 def interactions_table(df: pl.DataFrame) -> pa.Table:
     """Canonical interactions from a polars frame with at least user_id, item_id, timestamp."""
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in df.columns]

@@ -19,6 +19,7 @@ from data_builders.sources.common import (
     find_file,
     interactions_table,
     items_table,
+    read_item_catalogue,
     read_json_file,
 )
 
@@ -59,21 +60,7 @@ def load_lcrec(path: str, name: str | None = None, index: str | None = None, str
         pl.DataFrame({"user_id": users, "item_id": items, "timestamp": positions})
     )
 
-    catalogue = read_json_file(item_path)
-    if not isinstance(catalogue, dict):
-        raise DataError(f"{item_path}: expected {{item: {{title, ...}}}}, got {type(catalogue).__name__}")
-    records = []
-    for item_id, fields in catalogue.items():
-        if not isinstance(fields, dict):
-            drops.add("malformed_row", where=f"{item_path}: item {item_id!r} is not an object")
-            continue
-        records.append(
-            {
-                "item_id": str(item_id),
-                "title": fields.get("title"),
-                **{k: v for k, v in fields.items() if k != "title"},
-            }
-        )
+    records = read_item_catalogue(item_path, drops)
 
     extra: dict = {"order_only": True, "drop_examples": drops.examples}
     index_files = sorted(folder.glob(f"{stem}*index.json"))

@@ -29,7 +29,7 @@ from data_builders.sources.common import (
     find_file,
     interactions_table,
     items_table,
-    read_json_file,
+    read_item_catalogue,
 )
 from data_builders.splits import SPLIT_SCHEMA
 
@@ -64,21 +64,7 @@ def _read_catalogue(folder: Path, name: str, drops: DropCounter) -> tuple[list[d
     index_json = sorted(index_dir.glob(f"{name}*.index.json")) if index_dir.is_dir() else []
     published = str(index_json[0]) if index_json else None
     if item_json:
-        catalogue = read_json_file(item_json[0])
-        if not isinstance(catalogue, dict):
-            raise DataError(f"{item_json[0]}: expected {{item: {{title, ...}}}}")
-        records = []
-        for item_id, fields in catalogue.items():
-            if not isinstance(fields, dict):
-                drops.add("malformed_row", where=f"{item_json[0]}: item {item_id!r} is not an object")
-                continue
-            records.append(
-                {
-                    "item_id": str(item_id),
-                    "title": fields.get("title"),
-                    **{k: v for k, v in fields.items() if k != "title"},
-                }
-            )
+        records = read_item_catalogue(item_json[0], drops)
         return records, published
     info = find_file(folder / "info", [f"{name}*.txt"], "MiniOneRec item info")
     records = []

@@ -84,12 +84,7 @@ class SFTArguments:
     )
 
 
-@dataclass
-class OneReasonSFTConfig(SFTConfig):
-    """TRL's `SFTConfig`; every field is TRL's, documented in TRL."""
-
-
-CONFIG_CLASSES = (ModelConfig, DataArguments, SFTArguments, OneReasonSFTConfig)
+CONFIG_CLASSES = (ModelConfig, DataArguments, SFTArguments, SFTConfig)
 
 
 def training_rows(data: datasets.Dataset) -> datasets.Dataset:
@@ -233,7 +228,7 @@ def run(
     model_args: ModelConfig,
     data_args: DataArguments,
     sft_args: SFTArguments,
-    training_args: OneReasonSFTConfig,
+    training_args: SFTConfig,
 ):
     train, valid, ranked_rows = sft_splits(data_args, sft_args, training_args)
     model, tokenizer = load_policy(model_args, training_args)
