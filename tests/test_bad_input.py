@@ -145,7 +145,7 @@ class Case:
     make: Callable[[Path, World], Setup]
     code: int
     culprit: tuple[str, ...]  # substrings of the error line (names from the setup: "{tmp}" is replaced)
-    data_loss: bool = False  # one of the data-loss reproductions
+    data_loss: bool = False  # a case where an output folder named an input (data lost if mishandled)
 
     @property
     def command(self) -> str:
@@ -411,7 +411,7 @@ def _(t, w):
     return Setup([*argv, "--out_dir", str(t / "out")], [folder], t / "out")
 
 
-# -- build-data: output folders (the data-loss cases first) ----------------------------
+# -- build-data: output folders (the data-loss cases first) --------------------------------------
 
 
 @case("build-data:out_dir is the input folder", 2, "is the input", data_loss=True)
