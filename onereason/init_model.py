@@ -53,6 +53,8 @@ class InitModelConfig:
             raise ValueError(
                 f"preset: unknown size preset {self.preset!r}; choose one of {sorted(SIZE_PRESETS)}"
             )
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout: must be in [0, 1), got {self.attention_dropout}")
 
 
 def corpus_from_items(items_path: str | Path) -> list[str]:

@@ -618,6 +618,11 @@ def _(t, w):
     return Setup(["init-model", "--output_dir", str(t / "m"), "--preset", "huge"], out=t / "m")
 
 
+@case("init-model:attention dropout out of range", 2, "attention_dropout", "1.5")
+def _(t, w):
+    return Setup(["init-model", "--output_dir", str(t / "m"), "--attention_dropout", "1.5"], out=t / "m")
+
+
 # -- build-tasks ---------------------------------------------------------------------------------
 
 
