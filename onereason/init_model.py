@@ -42,6 +42,13 @@ class InitModelConfig:
         default=None,
         metadata={"help": "Attention dropout (default: the preset's): a regulariser for small catalogues."},
     )
+    intermediate_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "MLP width (default: the preset's): the model's memory for item-to-item transitions."
+        },
+    )
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Layers (default: the preset's)."})
     seed: int = field(default=0, metadata={"help": "Seed for the model's initial weights."})
     overwrite: bool = field(
         default=False,
@@ -55,6 +62,9 @@ class InitModelConfig:
             )
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"attention_dropout: must be in [0, 1), got {self.attention_dropout}")
+        for name in ("intermediate_size", "num_hidden_layers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
 def corpus_from_items(items_path: str | Path) -> list[str]:
@@ -142,7 +152,8 @@ def build(config: InitModelConfig) -> Path:
     make_output_dir(config.output_dir, overwrite=True, what="output_dir", replaces=False)
     out = init_model(
         config.output_dir, corpus, config.preset, itemic_tokens, config.seed, config.vocab_size,
-        config.attention_dropout,
+        attention_dropout=config.attention_dropout, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
     )  # fmt: skip
     if index is not None:
         index.save(out / "item_index.json")

@@ -120,15 +120,15 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase,
     preset: str = "tiny",
     seed: int = 0,
-    attention_dropout: float | None = None,
+    **overrides,
 ) -> Qwen3ForCausalLM:
-    """A freshly initialised `Qwen3ForCausalLM` sized by `preset` (its attention dropout unless
-    `attention_dropout` is given), matched to `tokenizer`."""
+    """A freshly initialised `Qwen3ForCausalLM` sized by `preset`, matched to `tokenizer`.
+
+    `overrides` replace preset fields (`intermediate_size=1024`, `attention_dropout=0.2`, …);
+    None leaves the preset's value."""
     if preset not in SIZE_PRESETS:
         raise ValueError(f"unknown size preset {preset!r}; choose one of {sorted(SIZE_PRESETS)}")
-    p = SIZE_PRESETS[preset]
-    if attention_dropout is not None:
-        p = dataclasses.replace(p, attention_dropout=attention_dropout)
+    p = dataclasses.replace(SIZE_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     config = Qwen3Config(
         vocab_size=_padded(len(tokenizer)),
         hidden_size=p.hidden_size,
@@ -161,16 +161,17 @@ def init_model(
     itemic_tokens: Sequence[str] = (),
     seed: int = 0,
     vocab_size: int | None = None,
-    attention_dropout: float | None = None,
+    **overrides,
 ) -> Path:
     """Train a tokenizer on `corpus`, build a model from `preset`, save both to `out_dir`.
 
-    The folder loads with `AutoTokenizer` / `AutoModelForCausalLM.from_pretrained`.
+    The folder loads with `AutoTokenizer` / `AutoModelForCausalLM.from_pretrained`; `overrides`
+    replace preset fields (see `build_model`).
     """
     if preset not in SIZE_PRESETS:
         raise ValueError(f"unknown size preset {preset!r}; choose one of {sorted(SIZE_PRESETS)}")
     tokenizer = train_tokenizer(corpus, vocab_size or SIZE_PRESETS[preset].vocab_size, itemic_tokens)
-    model = build_model(tokenizer, preset, seed, attention_dropout)
+    model = build_model(tokenizer, preset, seed, **overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)

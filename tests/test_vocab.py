@@ -117,3 +117,12 @@ def test_boundary_tokens_and_noop_when_present(make_tiny_model):
     assert tokenizer.decode(
         tokenizer(index.sid_text("i2"))["input_ids"], skip_special_tokens=True
     ) == index.sid_text("i2")  # normal added tokens: still visible after skip_special_tokens
+
+
+def test_a_preset_field_can_be_overridden_and_none_keeps_the_presets(make_tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(make_tiny_model())
+    wide = build_model(tokenizer, "tiny", seed=0, intermediate_size=200, attention_dropout=0.3)
+    assert (wide.config.intermediate_size, wide.config.attention_dropout) == (200, 0.3)
+    assert wide.model.layers[0].mlp.up_proj.out_features == 200
+    plain = build_model(tokenizer, "tiny", seed=0, intermediate_size=None)
+    assert plain.config.intermediate_size == 128
