@@ -4,8 +4,10 @@ A thinking model learns the trace format of `data_builders.tasks.cot`: a Derivat
 describes the recent items (`#n (words; codes P)`) and how they relate, an Evolution that
 lists interest points with their evidence (`(j) label: #a, #b; pattern`), and a
 Recommendation that names the interest the next item serves and what to expect of it
-(attributes, SID prefix, Term-ID words). `read_trace` reads those statements back with the
-phrasings of `templates/cot.yaml` and the joins of cot.py, so the reader follows the writer.
+(attributes, SID prefix, Term-ID words); or its short style (`latest words; …`, interests as
+`label (pattern, n items)`, `interest label`, the first SID token). `read_trace` reads those
+statements back with the phrasings of `templates/cot.yaml` and the joins of cot.py, so the
+reader follows the writer.
 Nothing here raises on model output: what does not parse is not stated, and a trace without
 its three sections in order is malformed and wrong on every criterion.
 
@@ -77,8 +79,11 @@ class StatedTrace:
     well_formed: bool
     citations: list[int] = field(default_factory=list)  # every #n
     recent: list[tuple[int, str, str]] = field(default_factory=list)  # (#n, words, codes)
+    latest: list[str] = field(default_factory=list)  # short style: words of the latest items, newest first
     relations: list[tuple[int, int, str]] = field(default_factory=list)  # (#a, #b, shared)
-    interests: list[tuple[str, list[int]]] = field(default_factory=list)  # (label, evidence #n)
+    interests: list[tuple[str, list[int] | None]] = field(
+        default_factory=list
+    )  # (label, evidence #n; None: short)
     chosen_label: str | None = None  # the interest the next item serves
     fallback_label: str | None = None  # "no interest clearly continues; the most recent is …"
     attributes: str = ""  # "Expect an item with …"
@@ -102,10 +107,16 @@ def _sentence(template: str, end: bool = True, **fields: str) -> re.Pattern:
 def _patterns() -> dict[str, re.Pattern]:
     """The reader's regexes, built once from the builder's phrasings (templates/cot.yaml)."""
     t = load_templates("cot")
-    d, e, r = t["derivation"], t["evolution"], t["recommendation"]
+    d, e, r, short = t["derivation"], t["evolution"], t["recommendation"], t["short"]
     number = r"\d+"
     why = "(?:" + "|".join(re.escape(w) for w in r["why"].values()) + ")"
+    pattern = "(?:" + "|".join(re.escape(w) for w in short["patterns"].values()) + ")"
     return {
+        "short_derivation": _sentence(short["derivation"]),
+        "short_evolution": _sentence(short["evolution"]),
+        "short_interest": _sentence(short["interest"], end=False, pattern=pattern, count=number),
+        "short_chosen": _sentence(short["chosen"]),
+        "short_fallback": _sentence(short["fallback"]),
         "opening": _sentence(d["opening"]),
         "item": re.compile(
             _sentence(d["item"], end=False, n=number, what=r"\((?P<words>.*?)\)").pattern
@@ -149,15 +160,30 @@ def read_trace(text: object) -> StatedTrace:
     out.interests = [
         (m.group("label"), _numbers(m.group("evidence"))) for m in p["interest"].finditer(evolution)
     ]
-    found = {
-        name: p[name].search(recommendation) for name in ("chosen", "fallback", "expect", "prefix", "terms")
-    }
-    out.chosen_label = found["chosen"].group("label") if found["chosen"] else None
-    out.fallback_label = found["fallback"].group("label") if found["fallback"] else None
+    _read_short(out, derivation, evolution, p)
+    names = ("chosen", "fallback", "expect", "prefix", "terms", "short_chosen", "short_fallback")
+    found = {name: p[name].search(recommendation) for name in names}
+    chosen = found["chosen"] or found["short_chosen"]
+    fallback = found["fallback"] or found["short_fallback"]
+    out.chosen_label = chosen.group("label") if chosen else None
+    out.fallback_label = fallback.group("label") if fallback else None
     out.attributes = found["expect"].group("attributes") if found["expect"] else ""
     out.prefix = found["prefix"].group("prefix") if found["prefix"] else None
     out.terms = found["terms"].group("terms").split(LIST_SEP) if found["terms"] else []
     return out
+
+
+def _read_short(out: StatedTrace, derivation: str, evolution: str, p: dict[str, re.Pattern]) -> None:
+    """The short style's statements: latest items' words, interests without citations."""
+    latest = p["short_derivation"].match(derivation)
+    if latest:
+        out.latest = [w for w in latest.group("items").split(ITEM_SEP) if w != NO_WORDS]
+    listed = p["short_evolution"].match(evolution)
+    if listed:
+        for piece in listed.group("interests").split(ITEM_SEP):
+            m = p["short_interest"].fullmatch(piece)
+            if m:
+                out.interests.append((m.group("label"), None))
 
 
 # ---------------------------------------------------------------------- scoring one trace
@@ -320,6 +346,10 @@ class TraceScorer:
                 checks += [w in self._values(item(n)).values() for w in self._split(words)]
             if codes:
                 checks.append(self._starts(codes, item(n)))
+        if self.has_values:  # short style: the k-th latest item has each of its words
+            for k, words in enumerate(stated.latest):
+                item_k = history[-1 - k] if k < len(history) else None
+                checks += [w in self._values(item_k).values() for w in self._split(words)]
         for a, b, shared in stated.relations:
             values, prefix = self._shared(shared)
             if self.has_values:
@@ -328,10 +358,14 @@ class TraceScorer:
             if prefix is not None:
                 checks.append(self._starts(prefix, item(a)) and self._starts(prefix, item(b)))
         if self.has_values:
-            for label, evidence in stated.interests:
-                held = {v for n in evidence for v in self._values(item(n)).values()}
-                checks += [v in held for v in self._label_values(label)]
             anywhere = {v for h in history for v in self._values(h).values()}
+            for label, evidence in stated.interests:
+                held = (
+                    anywhere
+                    if evidence is None
+                    else {v for n in evidence for v in self._values(item(n)).values()}
+                )
+                checks += [v in held for v in self._label_values(label)]
             label = stated.chosen_label or stated.fallback_label
             checks += [v in anywhere for v in self._label_values(label)]
             checks += [

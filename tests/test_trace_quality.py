@@ -11,7 +11,7 @@ import pytest
 
 from data_builders.synthetic import SyntheticConfig, generate_world
 from data_builders.tasks.catalog import build_catalog
-from data_builders.tasks.cot import DeterministicCot
+from data_builders.tasks.cot import CotConfig, DeterministicCot
 from data_builders.tasks.interests import PlantedInterests
 from evaluation.traces import TraceScorer, read_trace, trace_quality
 from onereason.item_index import ItemIndex, SIDFormat
@@ -52,6 +52,31 @@ def trace_for(catalog, history: list[str], target: str) -> str:
     """The real builder's trace for `target` after `history`."""
     pos = [catalog.position[i] for i in history]
     return DeterministicCot(catalog).build(pos, list(range(len(pos))), [catalog.position[target]]).text
+
+
+def test_a_short_trace_states_the_same_choice_in_a_few_words_and_is_read_back(shop):
+    _, index, catalog = shop
+    pos = [catalog.position[i] for i in HISTORY]
+    full = DeterministicCot(catalog).build(pos, list(range(len(pos))), [catalog.position["d"]])
+    short = DeterministicCot(catalog, CotConfig(style="short")).build(
+        pos, list(range(len(pos))), [catalog.position["d"]]
+    )
+    assert short.text.splitlines() == [
+        "Derivation: latest Tent, rugged; Tent, rugged; Beaker, minimalist; Flask, minimalist.",
+        "Evolution: Glassware, minimalist (fading, 3 items); Camping, rugged (long-term, 3 items).",
+        "Recommendation: interest Glassware, minimalist. Its SID likely starts with <s_a_1>.",
+    ]
+    assert len(short.text) < len(full.text) / 2 and "#" not in short.text
+    stated = read_trace(short.text)
+    assert stated.well_formed and stated.chosen_label == read_trace(full.text).chosen_label
+    assert stated.latest[0] == "Tent, rugged" and stated.prefix == "<s_a_1>"
+    assert [label for label, _ in stated.interests] == ["Glassware, minimalist", "Camping, rugged"]
+    scorer = TraceScorer(index, catalog)
+    verdict = scorer.score(short.text, HISTORY, "d")
+    assert verdict.right and verdict.hallucinated == 0
+    # the latest item is a tent: calling it a beaker is a hallucination
+    wrong = scorer.score(short.text.replace("latest Tent", "latest Beaker"), HISTORY, "d")
+    assert wrong.hallucinated == 1
 
 
 def test_sid_prefixes_are_read_back_from_their_itemic_tokens():
@@ -240,7 +265,8 @@ def synthetic_index(items: pa.Table) -> ItemIndex:
     return ItemIndex([r["item_id"] for r in rows], np.array(codes), words)
 
 
-def test_on_the_synthetic_world_builder_traces_are_never_wrong_and_never_hallucinate():
+@pytest.mark.parametrize("style", ["full", "short"])
+def test_on_the_synthetic_world_builder_traces_are_never_wrong_and_never_hallucinate(style):
     """The builder states only what the target has and cites only the history: read back from its
     text, no verdict may be wrong; the interest verdict agrees with the builder's own choice."""
     world = generate_world(SyntheticConfig(num_users=60, num_items=150, seed=0))
@@ -256,9 +282,10 @@ def test_on_the_synthetic_world_builder_traces_are_never_wrong_and_never_halluci
     for user, seq in sequences.items():
         history, target = seq[:-1][-20:], seq[-1]
         pos = [catalog.position[i] for i in history]
-        trace = DeterministicCot(catalog).build(pos, list(range(len(pos))), [catalog.position[target]])
+        cot = DeterministicCot(catalog, CotConfig(style=style))
+        trace = cot.build(pos, list(range(len(pos))), [catalog.position[target]])
         score = scorer.score(trace.text, history, target, user)
-        assert score.well_formed and score.hallucinated == 0, trace.text
+        assert score.well_formed and score.hallucinated == 0 and score.cited > 0, trace.text
         assert False not in [score.criteria[c] for c in ("sid_prefix", "category", "attributes", "terms")]
         truth = scorer.planted.behind(user, history, target)
         if truth is None:

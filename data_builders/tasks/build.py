@@ -109,6 +109,13 @@ class BuildTasksConfig:
     )
     min_support: int = field(default=2, metadata={"help": "history items an interest point needs"})
     recent_items: int = field(default=4, metadata={"help": "items described in the Derivation"})
+    trace_style: str = field(
+        default="full",
+        metadata={
+            "help": "deterministic traces: full (~150-280 tokens, history citations) | short (~30-60 tokens, "
+            "the same three levels for a small model)"
+        },
+    )
     cot: str = field(default="deterministic", metadata={"help": "trace builder: deterministic | teacher"})
     teacher_model: str | None = field(
         default=None, metadata={"help": "teacher LM (path or hub id) for cot: teacher"}
@@ -145,6 +152,7 @@ class BuildTasksConfig:
         if self.teacher_fallback not in ("deterministic", "drop"):
             raise ValueError(f"teacher_fallback must be deterministic or drop, got {self.teacher_fallback!r}")
         HistoryStyle(item_text=self.history_text, max_items=self.max_history)  # validates
+        CotConfig(style=self.trace_style)  # validates
 
 
 # ---------------------------------------------------------------------- reading splits
@@ -250,6 +258,7 @@ class TaskBuilder:
                 interest_fields=tuple(config.interest_fields),
                 min_support=config.min_support,
                 recent_items=config.recent_items,
+                style=config.trace_style,
             ),
         )
         self.teacher = None

@@ -14,6 +14,13 @@ The trace is built from what the history itself shows, so it can be trusted and 
   attributes the target matches most; ties go to the most recent) described by what its
   *history* items share: attributes, SID prefix, Term-ID words.
 
+Two styles (`CotConfig.style`): **full** writes all of the above (~150-280 tokens), with
+history citations (#n) and the codes of the recent items; **short** (~30-60 tokens) is the
+same three levels for a model that must learn them from a few thousand rows: the latest
+items' words, the interest points as "label (pattern, n items)" without citations, then the
+chosen interest and the first SID token it expects. Both come from the same interest points
+and the same choice, so they state the same facts at two lengths.
+
 The target is never named: every value written passes `Forbidden.allows` for every target
 (no SID, title or distinguishing term), and the interest points are returned as data
 (`Trace.interests`) so interest recovery is measured without parsing text.
@@ -31,6 +38,7 @@ from data_builders.tasks.phrasing import load_templates
 
 PATTERNS = ("long_term", "short_term", "periodic", "fading")
 SECTIONS = ("Derivation:", "Evolution:", "Recommendation:")
+STYLES = ("full", "short")
 # How the parts of a trace are joined (`evaluation.traces` reads traces back with these)
 LIST_SEP = ", "  # values, citations, attributes, terms
 ITEM_SEP = "; "  # the described items; an item's words and its codes
@@ -54,6 +62,11 @@ class CotConfig:
     share: float = 0.6  # an attribute is "shared" by a group when this share of it has it
     fold_ratio: float = 1 / 3  # a variant group at most this share of a bigger one folds into it
     sid_prefix_levels: int = 2  # SID tokens used to ground an item (capped at levels - 1)
+    style: str = "full"  # full | short (see the module doc)
+
+    def __post_init__(self):
+        if self.style not in STYLES:
+            raise ValueError(f"trace style must be one of {STYLES}, got {self.style!r}")
 
 
 @dataclass
@@ -184,13 +197,15 @@ class DeterministicCot:
         for j, p in enumerate(points):
             p.label = self._label(p, forbidden, j)
         chosen, matched = self._choose(points, targets[0]) if points else (None, False)
-        text = "\n".join(
-            [
+        if self.config.style == "short":
+            parts = self._short(history, points, chosen, matched, forbidden, targets[0])
+        else:
+            parts = [
                 self._derivation(history, noise, forbidden),
                 self._evolution(points, timestamps, len(history)),
                 self._recommendation(points, chosen, matched, forbidden, targets[0]),
             ]
-        )
+        text = "\n".join(parts)
         return Trace(text=text, interests=points, chosen=chosen, matched=matched, noise=noise)
 
     def _label(self, point: InterestPoint, forbidden, j: int) -> str:
@@ -323,10 +338,38 @@ class DeterministicCot:
             sentences.append(t["terms"].format(terms=LIST_SEP.join(terms)))
         return " ".join(sentences)
 
-    def _common_prefix(self, prefix: str, target: int) -> str:
-        """The longest leading part of `prefix` (whole itemic tokens) that the target's SID starts with."""
+    def _short(self, history, points, chosen, matched, forbidden, target: int) -> list[str]:
+        """The three levels in a few dozen tokens (module doc, "short")."""
+        t = self.templates["short"]
+        n = len(history)
+        recent = [history[p] for p in range(n - 1, max(-1, n - 1 - self.config.recent_items), -1)]
+        derivation = t["derivation"].format(
+            items=ITEM_SEP.join(self._item_words(i, forbidden) for i in recent)
+        )
+        if points:
+            listed = [
+                t["interest"].format(label=p.label, pattern=t["patterns"][p.pattern], count=len(p.evidence))
+                for p in points
+            ]
+            evolution = t["evolution"].format(interests=ITEM_SEP.join(listed))
+        else:
+            evolution = t["no_evolution"]
+        if chosen is None:
+            return [derivation, evolution, t["no_interest"]]
+        label = points[chosen].label
+        if not matched:
+            return [derivation, evolution, t["fallback"].format(label=label)]
+        sentences = [t["chosen"].format(label=label)]
+        prefix = self._common_prefix(points[chosen].sid_prefix, target, levels=1)
+        if prefix and forbidden.allows(prefix):
+            sentences.append(self.templates["recommendation"]["prefix"].format(prefix=prefix))
+        return [derivation, evolution, " ".join(sentences)]
+
+    def _common_prefix(self, prefix: str, target: int, levels: int | None = None) -> str:
+        """The longest leading part of `prefix` (whole itemic tokens, at most `levels`) that the
+        target's SID starts with."""
         tokens = self.catalog.sid_tokens[target]
-        for length in range(min(self.prefix_levels, len(tokens)), 0, -1):
+        for length in range(min(levels or self.prefix_levels, self.prefix_levels, len(tokens)), 0, -1):
             own = "".join(tokens[:length])
             if prefix.startswith(own):
                 return own
