@@ -20,12 +20,15 @@ what comes before the SIDs:
 - **race**: half the beams go to thinking heads (the `think` mode's S traces, sharing
   `ceil(num_beams / 2)` beams) and half to a non-thinking head (`floor(num_beams / 2)`);
   the traces are merged among themselves as in `think`, then both sides are merged into
-  one list by score. A SID both sides found keeps its *best* score, not the log-sum-exp:
-  the two scores are log-probabilities under two different contexts of the same model, and
-  adding the probabilities would rank a SID up merely for being found twice, while the best
-  keeps every score a probability under one context, comparable with the SIDs only one
-  side found. Each ranked SID records the mode whose score it kept (`ranked_modes`), and
-  the report gives the share of each mode in the top-10 (`evaluation.metrics.mode_shares`).
+  one list. `race_merge="rank"` (the default) merges by rank: a SID scores the sum over
+  the sides of 1 / (RRF_K + its rank there), so the two lists interleave and a SID both
+  found rises. A merge by raw score (`race_merge="score"`) is not fair to the two sides:
+  after a trace the model gives its SIDs far higher log-probabilities than without one,
+  so that merge is the thinking list alone (measured on the quickstart: every top-10 SID
+  from the thinking side). With `score`, a SID both sides found keeps its *best* score,
+  not the log-sum-exp (two contexts' probabilities do not add). Each ranked SID records
+  the mode it ranked best in, or whose score it kept (`ranked_modes`), and the report gives
+  the share of each mode in the top-10 (`evaluation.metrics.mode_shares`).
 
 Both stages run on `onereason.decoding.TwoStageDecoder`, the decoder RL rollouts use too.
 SID answers are decoded by `onereason.sid_beam.constrained_beam_search`, which encodes each
@@ -95,6 +98,8 @@ logger = logging.getLogger(__name__)
 EVAL_MODES = ("no_think", "think", "race")
 TRACE_MODES = ("think", "race")  # the modes that sample traces
 MERGES = ("mean_prob", "max")
+RACE_MERGES = ("rank", "score")
+RRF_K = 60  # reciprocal-rank fusion's usual constant: ranks 1 and 2 differ little, so sides interleave
 ANSWERS = ("sid", "term")
 EVALUATE_WITH_ITS_INDEX = "evaluate with the index the model was trained with"
 
@@ -114,6 +119,7 @@ class DecodingConfig:
     think_top_k: int = 20
     think_samples: int = 1
     merge: str = "mean_prob"
+    race_merge: str = "rank"
     answer: str = "sid"
     max_answer_tokens: int = 48  # Term-ID answers only; SID answers use the SID length + EOS
     think_backend: str = "transformers"  # transformers | vllm | auto: who samples the think stage
@@ -127,6 +133,8 @@ class DecodingConfig:
             raise ValueError(f"think_budget must be >= 1, got {self.think_budget}")
         if self.merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
+        if self.race_merge not in RACE_MERGES:
+            raise ValueError(f"race_merge must be one of {RACE_MERGES}, got {self.race_merge!r}")
         if self.answer not in ANSWERS:
             raise ValueError(f"answer must be one of {ANSWERS}, got {self.answer!r}")
         if self.think_backend not in BACKENDS:
@@ -357,8 +365,22 @@ class BeamRanker:
             merged = self._merge_scores(sc, heads[kind])
             if sid not in best or merged > best[sid][0]:
                 best[sid] = (merged, kind)
+        if len(heads) > 1 and self.cfg.race_merge == "rank":
+            best = self._fuse_ranks(per_sid, heads)
         order = sorted(best, key=lambda s: -best[s][0])[: self.cfg.num_beams]  # stable: ties keep beam order
         return order, [best[s][0] for s in order], [best[s][1] for s in order], n_valid
+
+    def _fuse_ranks(self, per_sid: dict, heads: Counter) -> dict[str, tuple[float, str]]:
+        """Reciprocal-rank fusion of each kind's merged list: SID -> (score, kind it ranks best in)."""
+        fused: dict[str, tuple[float, str, int]] = {}
+        for kind in heads:
+            mine = {sid: self._merge_scores(sc, heads[kind]) for (sid, k), sc in per_sid.items() if k == kind}
+            for rank, sid in enumerate(sorted(mine, key=lambda s: -mine[s]), start=1):
+                score, owner, owner_rank = fused.get(sid, (0.0, kind, rank))
+                if rank < owner_rank:
+                    owner, owner_rank = kind, rank
+                fused[sid] = (score + 1.0 / (RRF_K + rank), owner, owner_rank)
+        return {sid: (score, owner) for sid, (score, owner, _) in fused.items()}
 
     def _merge_scores(self, scores: list[float], n_heads: int) -> float:
         """One SID's log-probs from `n_heads` heads of one kind -> its merged log-prob."""

@@ -105,7 +105,7 @@ def test_race_records_say_which_mode_each_sid_came_from(world):
 
 def test_merge_keeps_at_most_num_beams_sids_by_score_and_the_best_side_of_a_race(world):
     _, index, model, tokenizer = world
-    ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=3))
+    ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=3, race_merge="score"))
     a, b, c, d = (index.sid_text(f"i{i}") for i in (2, 3, 4, 5))
     beams = [
         ("think", a, -1.0),
@@ -128,6 +128,31 @@ def test_merge_keeps_at_most_num_beams_sids_by_score_and_the_best_side_of_a_race
     assert scores[sids.index(a)] == pytest.approx(math.log((math.exp(-1.0) + math.exp(-2.0)) / 2))
     assert scores[sids.index(b)] == pytest.approx(-1.5 - math.log(2))
     assert sids == [c, a, b] and modes == ["no_think", "think", "think"]  # -1.2 > log(0.25) > -2.2
+
+
+def test_a_race_merged_by_rank_interleaves_the_two_sides_whatever_their_scores(world):
+    """After a trace the model's SID log-probs are far higher: by rank, the sides still alternate,
+    a SID both sides found comes first, and the list keeps num_beams SIDs."""
+    _, index, model, tokenizer = world
+    ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=4))
+    a, b, c, d, e = (index.sid_text(f"i{i}") for i in (2, 3, 4, 5, 6))
+    beams = [
+        ("think", a, -0.1),
+        ("think", b, -0.2),
+        ("think", e, -0.3),
+        ("no_think", c, -5.0),
+        ("no_think", d, -6.0),
+        ("no_think", e, -7.0),  # third on both sides: rises above b and d
+    ]
+    sids, scores, modes, n_valid = ranker._merge(beams, Counter(think=1, no_think=1))
+    assert n_valid == 6 and len(sids) == 4
+    assert sids == [e, a, c, b] and modes == ["think", "think", "no_think", "think"]
+    assert scores[0] == pytest.approx(2 / 63) and scores[1] == pytest.approx(scores[2]) == pytest.approx(
+        1 / 61
+    )
+    # the same beams merged by raw score: the thinking side alone
+    by_score = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=4, race_merge="score"))
+    assert by_score._merge(beams, Counter(think=1, no_think=1))[2] == ["think"] * 3 + ["no_think"]
 
 
 def test_mode_shares_pool_the_top_k_sids_and_sum_to_one():
