@@ -5,6 +5,7 @@ A recipe writes
     rewards:
       - {name: hit, weight: 1.0}
       - {name: format, weight: 0.2}
+      - {name: trace_consistency, weight: 0.3}                # the SID follows the prefix the trace stated
       - {name: think_length, weight: 0.1, budget: 128}   # extra keys are the reward's parameters
       - {name: model:path/to/ranking-model, weight: 0.5}  # a reward *model* (TRL loads it)
       - {name: my_pkg.rewards.fn, weight: 0.5}            # any importable function, by dotted path
@@ -28,6 +29,7 @@ import functools
 import importlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -320,6 +322,39 @@ def think_length_reward(completions, context: RewardContext, budget: int = 256, 
         else:
             length = len(trace.split())
         out.append(-min(1.0, max(0, length - budget) / budget))
+    return out
+
+
+def stated_prefix(trace: str | None, index: ItemIndex) -> tuple[int, ...] | None:
+    """The SID prefix a trace commits to: the last run of itemic tokens, led by a first-level
+    token, on the trace's last line (the Recommendation, where the toolkit's traces write "Its
+    SID likely starts with …"); None when that line writes none."""
+    lines = (trace or "").strip().splitlines()
+    if not lines:
+        return None
+    fmt = index.sid_format
+    level_tokens = "|".join(re.escape(p) for p in fmt.prefixes)
+    runs = re.findall(rf"<{re.escape(fmt.prefixes[0])}_\d+>(?:\s*<(?:{level_tokens})_\d+>)*", lines[-1])
+    return fmt.prefix_codes(runs[-1]) if runs else None
+
+
+@register_reward("trace_consistency")
+def trace_consistency_reward(completions, context: RewardContext, **kwargs) -> list[float | None]:
+    """Does the answer follow its own reasoning? 1.0 when the answer's first SID starts with the
+    prefix the trace committed to (`stated_prefix`), 0.0 when it does not or names no SID; None
+    when there is no trace or it commits to no prefix. With `hit`, it rewards traces whose
+    prefix is right *and* answers that use them, instead of a trace the answer ignores."""
+    index = context.require_index("trace_consistency")
+    out = []
+    for completion in completions:
+        text = completion_text(completion)
+        trace, _ = split_answer(text)
+        prefix = stated_prefix(trace, index)
+        if prefix is None:
+            out.append(None)
+            continue
+        sids = written_sids(text, index)
+        out.append(1.0 if sids and tuple(sids[0][: len(prefix)]) == prefix else 0.0)
     return out
 
 
