@@ -170,6 +170,42 @@ def test_llm_generator_with_a_tiny_model_counts_its_fallbacks_honestly(make_tiny
     assert all(is_legal_term_id(t) for t in result.terms)
 
 
+def test_llm_generator_counts_which_items_got_llm_terms_and_which_fell_back(
+    make_tiny_model, world_items, monkeypatch
+):
+    """A scripted model (its `generate` replays a script; tokenizer, chat template and parsing are real):
+    items 0-2 get a Term ID at once, item 3 after one garbage answer, items 4-5 never (extractive)."""
+    import transformers
+    from scripted_lm import ScriptedLM
+
+    items = world_items.slice(0, 6)
+    titles = items.column("title").to_pylist()
+    apart = ["alpha", "bravo", "charlie", "delta"]  # each LLM Term ID's distinguishing slot
+    answers = [f"Term ID: beaker | mixing | borosilicate glass | laboratory | {w}" for w in apart]
+
+    def script(number, attempt, prompt):
+        (k,) = [k for k, title in enumerate(titles) if f"Item: {title}" in prompt]
+        if k < 3 or (k == 3 and attempt == 1):
+            return answers[k]
+        return "I am not sure what this item is."
+
+    model = make_tiny_model()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    scripted = ScriptedLM(tokenizer, script)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: scripted)
+    result = term_ids.llm_term_ids(
+        items, str(model), None, num_terms=5, batch_size=4, max_retries=2, backend="transformers"
+    )
+    rep = result.report
+    assert (rep["ok_first_try"], rep["ok_after_retry"], rep["fallback_extractive"]) == (3, 1, 2)
+    assert rep["generations"] == 6 + 3 + 2  # all, then the 3 unparsed, then the 2 still unparsed
+    assert sorted(scripted.attempts.values()) == [1, 1, 1, 2, 3, 3]
+    assert result.terms[:4] == [["beaker", "mixing", "borosilicate glass", "laboratory", w] for w in apart]
+    extractive = term_ids.extractive_term_ids(items, None, num_terms=5).terms
+    assert result.terms[4:] == extractive[4:], "items without an LLM answer keep their extractive Term ID"
+    assert rep["after"]["legal_rate"] == 1.0 and rep["after"]["collision_rate"] == 0.0
+
+
 def test_extractive_on_scientific_is_fully_legal():
     path = shared_data("amazon-scientific", "Scientific.item.json")
     raw = json.loads(path.read_text())
