@@ -212,3 +212,60 @@ def test_rl_recipes_parse(recipe, monkeypatch):
     assert module.__name__.endswith(Path(recipe).stem)
     if Path(recipe).stem != "unify":
         assert configs[2].rewards, "an RL recipe names its rewards"
+
+
+# ---------------------------------------------------------------------------------- reward model
+
+
+def test_a_reward_model_named_in_the_recipe_is_loaded_and_its_scores_become_the_advantages(
+    recipe_world, tmp_path, monkeypatch
+):
+    """`{name: model:<path>}` in a recipe's `rewards:`: GRPO loads the sequence-classification model at
+    <path> (and its tokenizer), scores every prompt + completion with it, and the group-normalised
+    scores x the entry's weight are the advantages the loss uses."""
+    import yaml
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+    from onereason.rl.arguments import build_rl_trainer
+    from onereason.train import parse_stage_config
+
+    monkeypatch.chdir(REPO)
+    reward_dir = tmp_path / "reward-model"
+    torch.manual_seed(0)  # the score head is new: random, so completions get different scores
+    AutoModelForSequenceClassification.from_pretrained(recipe_world["model"], num_labels=1).save_pretrained(
+        reward_dir
+    )
+    AutoTokenizer.from_pretrained(recipe_world["model"]).save_pretrained(reward_dir)
+    recipe = yaml.safe_load((REPO / "recipes/tiny/grpo.yaml").read_text())
+    recipe["rewards"] = [{"name": f"model:{reward_dir}", "weight": 0.5}]
+    (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(recipe))
+    _, configs = parse_stage_config([
+        "--config", str(tmp_path / "grpo.yaml"), "--model_name_or_path", str(recipe_world["model"]),
+        "--dataset_path", str(recipe_world["tasks"]), "--output_dir", str(tmp_path / "out"),
+        "--think_budget", "8", "--max_completion_length", "40", "--num_generations", "4",
+        "--per_device_train_batch_size", "8", "--report_to", "none",
+    ])  # fmt: skip
+    trainer, _, _, _ = build_rl_trainer(ConstrainedGRPOTrainer, *configs)
+    (reward_model,) = trainer.reward_funcs
+    assert isinstance(reward_model, PreTrainedModel) and reward_model.config.num_labels == 1
+    assert Path(reward_model.name_or_path) == reward_dir
+    assert trainer.reward_weights.tolist() == [0.5]
+    seen = []
+    reward_model.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append((kwargs["input_ids"], out.logits[:, 0].clone())),
+        with_kwargs=True,
+    )
+    trainer.model.train()
+    batch = [row for row in trainer.train_dataset.select(range(2)) for _ in range(4)]
+    torch.manual_seed(0)
+    scored = trainer._generate_and_score_completions(batch)
+    ((input_ids, scores),) = seen
+    assert scores.shape == (8,) and scores.std() > 0, "the reward model scored each completion"
+    texts = trainer.reward_processing_classes[0].batch_decode(input_ids)
+    prompts = [row["prompt"][0]["content"] for row in batch]
+    completions = trainer.processing_class.batch_decode(scored["completion_ids"], skip_special_tokens=True)
+    for text, prompt, completion in zip(texts, prompts, completions):
+        assert prompt in text and completion.strip()[-20:] in text, "it read the prompt and the completion"
+    groups = 0.5 * scores.view(2, 4)
+    expected = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)
+    assert torch.allclose(scored["advantages"], expected.flatten(), atol=1e-5)
