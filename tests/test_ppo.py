@@ -122,3 +122,57 @@ def test_tiny_recipe_runs_and_keeps_the_model_folder_plain(tmp_path, monkeypatch
     AutoModelForCausalLM.from_pretrained(out)  # a plain causal LM for the next stage
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert any("ppo/value_loss" in h for h in state["log_history"])
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_the_value_head(tmp_path, monkeypatch):
+    """SIGTERM after step 1 saves checkpoint-1 (policy + critic + optimizer) and exits 143; the same
+    command again starts from it: the trained value head and its optimizer moments, not a fresh head."""
+    import os
+    import signal
+
+    import transformers.trainer as hf_trainer
+    from transformers import TrainerCallback
+
+    from onereason.cli import main
+
+    class KillAfterStep1(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1 and not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    class AtStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            head = model.value_head.summary.weight
+            moments = optimizer.state.get(head, {})
+            self.seen.append(
+                (state.global_step, head.detach().clone(), moments.get("exp_avg", torch.zeros(0)).clone())
+            )
+
+    kill, start = KillAfterStep1(), AtStart()
+    kill.sent, start.seen = False, []
+    monkeypatch.setattr(hf_trainer, "DEFAULT_CALLBACKS", [*hf_trainer.DEFAULT_CALLBACKS, kill, start])
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    index = toy_index(8, (2, 2, 2))
+    model_dir = toy_model(tmp_path / "model", index)
+    tasks = write_toy_dataset(tmp_path / "tasks", index, n_train=32)
+    out = tmp_path / "ppo"
+    argv = [
+        "train", "--config", "recipes/tiny/ppo.yaml", "--model_name_or_path", str(model_dir),
+        "--dataset_path", str(tasks), "--output_dir", str(out), "--max_steps", "2", "--logging_steps", "1",
+        "--think_budget", "8", "--save_steps", "10", "--num_iterations", "1",
+    ]  # fmt: skip
+    assert main(argv) == 128 + signal.SIGTERM
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert not (out / "value_head.pt").exists(), "a killed run is not a finished one"
+    saved_head = load_file(str(out / "checkpoint-1" / "model.safetensors"))["value_head.summary.weight"]
+    assert saved_head.abs().sum() > 0, "step 1 trained the (zero-initialised) value head"
+
+    assert main(argv) == 0
+    (_, fresh_head, _), (resumed_step, resumed_head, moments) = start.seen
+    assert fresh_head.abs().sum() == 0 and resumed_step == 1
+    assert torch.equal(resumed_head, saved_head), "the resumed run continues the checkpoint's critic"
+    assert moments.abs().sum() > 0, "and its optimizer moments"
+    final_head = torch.load(out / "value_head.pt")["summary.weight"]
+    assert not torch.equal(final_head, saved_head), "step 2 trained it further"
+    assert json.loads((out / HISTORY_FILE).read_text())[-1]["global_step"] == 2
