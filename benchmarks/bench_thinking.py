@@ -1,0 +1,196 @@
+"""Does thinking help? Thinking vs not thinking at the same beam budget, seeds x worlds.
+
+    python benchmarks/bench_thinking.py quickstart --seeds 0 1 2    # the synthetic world, 500 test users
+
+One model per seed is trained in both modes (sequence rows without thinking plus windowed rows
+with a short three-level trace, `recipes/quickstart/mixture_thinking.yaml`), then evaluated at
+20 SID beams per user in every inference:
+
+- **single**: one sampled trace, then 20 constrained SID beams;
+- **multi-trace**: 4 sampled traces x 5 beams each, merged by mean probability (at the
+  recipe's trace temperature 0.6, and at 1.0: **diverse**, traces that name other interests);
+- **race**: half the beams after a trace, half without, merged by rank (`race_merge: rank`).
+
+Then GRPO in thinking mode (`recipes/quickstart/grpo_thinking.yaml`: hit, partial and
+trace-consistency rewards, KL to the SFT model) starts from that model, and its thinking run
+is compared with its SFT start's on the same users.
+
+Each inference is compared with no_think on the same users (paired bootstrap, 95%), and the
+table gives trace accuracy (right on every stated criterion against the planted truth or the
+target), the hallucination rate against the history, think tokens and users/s. Results
+accumulate in `runs/bench_thinking/<world>.json`; the table (and `<world>.md`) holds every
+seed run so far, with the mean difference and the number of seeds whose interval is above 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "bench_thinking"
+BEAMS = 20
+INFERENCES = {  # name -> (modes, think_samples, think_temperature); the eval folder is the name's first word
+    "single": (["no_think", "think", "race"], 1, 0.6),
+    "multi-trace 4x5": (["no_think", "think", "race"], 4, 0.6),
+    "diverse 4x5, T=1": (["no_think", "think", "race"], 4, 1.0),
+}
+QUICKSTART_TEST_USERS = 500
+
+
+def onereason(*argv: str) -> None:
+    subprocess.run([sys.executable, "-m", "onereason.cli", *argv], cwd=ROOT, check=True)
+
+
+def quickstart_model(seed: int) -> tuple[Path, list[str]]:
+    """Train the quickstart world's model with short traces; (model, eval data arguments)."""
+    sys.path.insert(0, str(ROOT))
+    from onereason.quickstart import seeded, steps
+
+    out = OUT / f"quickstart-seed{seed}"
+    tasks_overrides = [
+        "--trace_style", "short", "--eval_max_rows", str(QUICKSTART_TEST_USERS),
+        "--mixture", "recipes/quickstart/mixture_thinking.yaml",
+    ]  # fmt: skip
+    for name, command, argv in seeded(steps(out, ROOT / "recipes" / "quickstart"), seed):
+        if name in ("grpo", "eval"):
+            continue
+        done = out / f".bench-{name}"
+        if done.exists():
+            continue
+        onereason(command, *argv, *(tasks_overrides if name == "tasks" else []))
+        done.touch()
+    data = [
+        "--config", "recipes/quickstart/eval.yaml", "--data_path", str(out / "tasks"),
+        "--train_split", str(out / "data" / "splits" / "train.parquet"),
+    ]  # fmt: skip
+    return out / "models" / "sft", data
+
+
+def evaluate(model: Path, data: list[str], out: Path, seed: int) -> list[dict]:
+    rows = []
+    for inference, (modes, samples, temperature) in INFERENCES.items():
+        folder = out / "eval" / inference.split()[0]
+        report = run_eval(
+            data, [model], modes, samples, folder, seed, "--think_temperature", str(temperature)
+        )
+        rows += rows_from_report(report, inference, seed)
+    return rows
+
+
+def run_eval(
+    data: list[str], models: list[Path], modes: list[str], samples: int, out: Path, seed: int, *extra: str
+) -> dict:
+    """One `onereason eval` (reused when its report is there already: a rerun resumes)."""
+    if not (out / "report.json").exists():
+        onereason(
+            "eval", *data, "--models", *map(str, models), "--names", *(m.name for m in models),
+            "--modes", *modes, "--num_beams", str(BEAMS), "--think_samples", str(samples),
+            "--baselines", "cooccurrence", "--race_merge", "rank", "--seed", str(seed),
+            "--out_dir", str(out), "--overwrite", "true", *extra,
+        )  # fmt: skip
+    return json.loads((out / "report.json").read_text())
+
+
+def rl(sft: Path, data: list[str], out: Path, seed: int) -> list[dict]:
+    """GRPO in thinking mode from the SFT model, then both evaluated thinking (one trace, 20 beams)."""
+    grpo = sft.with_name("grpo-think")
+    if not (grpo / "onereason_history.json").exists():
+        tasks = data[data.index("--data_path") + 1]
+        onereason(
+            "train", "--config", "recipes/quickstart/grpo_thinking.yaml", "--model_name_or_path", str(sft),
+            "--dataset_path", tasks, "--output_dir", str(grpo), "--seed", str(seed),
+        )  # fmt: skip
+    report = run_eval(data, [sft, grpo], ["no_think", "think"], 1, out / "eval" / "rl", seed)
+    rows = []
+    for c in report["comparisons"]:
+        if c["a"] == f"{grpo.name}/think" and c["b"] == f"{sft.name}/think":
+            run = next(r for r in report["runs"] if r["name"] == c["a"])
+            rows.append({**rows_from_report({"runs": [run], "comparisons": []}, "single", seed)[0],
+                         "mode": "think (GRPO vs its SFT start)", **{k: c["metrics"]["hit@10"][k] for k in ("diff", "low", "high")}})  # fmt: skip
+    return rows
+
+
+def rows_from_report(report: dict, inference: str, seed: int) -> list[dict]:
+    intervals = {
+        c["a"]: c["metrics"]["hit@10"] for c in report["comparisons"] if c["b"].endswith("/no_think")
+    }
+    rows = []
+    for run in report["runs"]:
+        if run["mode"] in ("no_think", "baseline") and inference != "single":
+            continue  # the same runs as the single inference's
+        traces = run.get("traces") or {}
+        interval = intervals.get(run["name"])
+        rows.append(
+            {
+                "seed": seed,
+                "mode": run["mode"],
+                "inference": "–" if run["mode"] in ("no_think", "baseline") else inference,
+                "name": run["name"],
+                "hit@10": run["item"]["hit@10"],
+                "ndcg@10": run["item"]["ndcg@10"],
+                "diff": interval and interval["diff"],
+                "low": interval and interval["low"],
+                "high": interval and interval["high"],
+                "trace_right": traces.get("right"),
+                "hallucination": (traces.get("hallucination") or {}).get("rate"),
+                "think_tokens": (run.get("stats") or {}).get("think_tokens_mean"),
+                "users_per_s": (run.get("stats") or {}).get("users_per_s"),
+                "n_users": (run.get("stats") or {}).get("n_users"),
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    cols = ["seed", "name", "mode", "inference", "hit@10", "ndcg@10", "diff", "low", "high",
+            "trace_right", "hallucination", "think_tokens", "users_per_s", "n_users"]  # fmt: skip
+    head = ["seed", "run", "mode", "inference", "Hit@10", "NDCG@10", "think - no_think Hit@10", "95% low",
+            "95% high", "trace right", "hallucination", "think tokens", "users/s", "users"]  # fmt: skip
+    fmt = lambda v: "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if row["diff"] is not None:
+            groups.setdefault((row["mode"], row["inference"]), []).append(row)
+    lines += [
+        "",
+        "| mode | inference | seeds | mean Hit@10 diff | seeds with 95% interval > 0 |",
+        "|---" * 5 + "|",
+    ]
+    for (mode, inference), group in groups.items():
+        above = sum(r["low"] > 0 for r in group)
+        lines.append(
+            f"| {mode} | {inference} | {len(group)} | {statistics.mean(r['diff'] for r in group):+.4f} | {above} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("world", choices=["quickstart"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    store = OUT / f"{args.world}.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    for seed in args.seeds:
+        model, data = quickstart_model(seed)
+        out = OUT / f"{args.world}-seed{seed}"
+        results[str(seed)] = evaluate(model, data, out, seed) + rl(model, data, out, seed)
+        store.write_text(json.dumps(results, indent=1))
+    rows = [row for seed in sorted(results, key=int) for row in results[seed]]
+    text = table(rows)
+    (OUT / f"{args.world}.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
