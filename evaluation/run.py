@@ -4,8 +4,10 @@
     onereason eval --models runs/tiny/sft --data_path runs/tiny/data --compare --max_examples 50
 
 Writes to `out_dir`: `runs/<checkpoint>-<mode>.jsonl` (one line per user), `report.json`,
-`report.md`, `comparison.png` (docs/ARCHITECTURE.md, "evaluation outputs"). Generation is
-resumable: rerunning the same command skips the shards already on disk.
+`report.md`, `comparison.png` (docs/ARCHITECTURE.md, "evaluation outputs"); with `--report_to
+wandb` the metrics of every run and mode, the report table and the plot also go to a wandb run.
+Generation is resumable: rerunning the same command skips the shards already on disk; under
+`accelerate launch` the processes share the users (shards) and write the report one process writes.
 
 `modes` are `no_think`, `think` and `race` (thinking and non-thinking beams merged into one
 list; `evaluation.generate`), all at the same beam budget per user; every other mode is
@@ -124,6 +126,13 @@ class EvalConfig:
     dtype: str = field(default="auto", metadata={"help": "model dtype"})
     n_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples"})
     bootstrap_seed: int = field(default=0)
+    report_to: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "wandb: also log every run and mode's metrics, the report table and comparison.png to a "
+            "wandb run (WANDB_PROJECT, WANDB_MODE and the like apply); none: no logging"
+        },
+    )
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -144,6 +153,10 @@ class EvalConfig:
             raise ValueError(f"unknown baselines {unknown}; known: {BASELINES}")
         if self.names and len(self.names) != len(self.models):
             raise ValueError(f"{len(self.names)} names for {len(self.models)} models")
+        wanted = [self.report_to] if isinstance(self.report_to, str) else self.report_to
+        self.report_to = [r for r in wanted if r != "none"]
+        if any(r != "wandb" for r in self.report_to):
+            raise ValueError(f"report_to: evaluation logs to wandb or none, got {self.report_to}")
 
 
 def compared(modes: Sequence[str]) -> bool:
@@ -371,9 +384,37 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
 
     if not PartialState().is_main_process:
         return {}
-    return write_report(
+    report = write_report(
         out, results + baselines, ks, protocol.families, meta, cfg.n_bootstrap, cfg.bootstrap_seed
     )
+    if "wandb" in cfg.report_to:
+        log_to_wandb(report, out)
+    return report
+
+
+def log_to_wandb(report: dict, out: Path) -> None:
+    """One wandb run for the evaluation: each run and mode's metrics as `<run>/<mode>/<level>/<metric>`
+    (e.g. `sft/think/item/hit@10`, baselines as `baseline/<name>/...`), the report table, comparison.png."""
+    import wandb
+
+    columns, rows, metrics = None, [], {}
+    for run in report["runs"]:
+        for level in ("item", "sid"):
+            values = {k: v for k, v in (run[level] or {}).items() if k not in ("level", "ks", "n_users")}
+            if not values:
+                continue
+            metrics.update({f"{run['name']}/{level}/{k}": v for k, v in values.items()})
+            columns = columns or list(values)
+            rows.append([run["name"], run["mode"], level, *(values.get(c) for c in columns)])
+    logged = {**metrics, "report": wandb.Table(columns=["run", "mode", "level", *(columns or [])], data=rows)}
+    if (out / "comparison.png").is_file():
+        logged["comparison"] = wandb.Image(str(out / "comparison.png"))
+    config = {k: report.get(k) for k in ("protocol", "ranking", "data", "n_examples", "config", "decoding")}
+    run = wandb.init(job_type="eval", name=out.resolve().name, config=config)
+    try:
+        run.log(logged)
+    finally:
+        run.finish()
 
 
 def _default_device() -> str:
