@@ -7,8 +7,7 @@ with a short three-level trace, `recipes/quickstart/mixture_thinking.yaml`), the
 20 SID beams per user in every inference:
 
 - **single**: one sampled trace, then 20 constrained SID beams;
-- **multi-trace**: 4 sampled traces x 5 beams each, merged by mean probability (at the
-  recipe's trace temperature 0.6, and at 1.0: **diverse**, traces that name other interests);
+- **multi-trace**: 4 sampled traces x 5 beams each, merged by mean probability;
 - **race**: half the beams after a trace, half without, merged by rank (`race_merge: rank`).
 
 Then GRPO in thinking mode (`recipes/quickstart/grpo_thinking.yaml`: hit, partial and
@@ -37,7 +36,6 @@ BEAMS = 20
 INFERENCES = {  # name -> (modes, think_samples, think_temperature); the eval folder is the name's first word
     "single": (["no_think", "think", "race"], 1, 0.6),
     "multi-trace 4x5": (["no_think", "think", "race"], 4, 0.6),
-    "diverse 4x5, T=1": (["no_think", "think", "race"], 4, 1.0),
 }
 QUICKSTART_TEST_USERS = 500
 
@@ -108,7 +106,7 @@ def rl(sft: Path, data: list[str], out: Path, seed: int) -> list[dict]:
     report = run_eval(data, [sft, grpo], ["no_think", "think"], 1, out / "eval" / "rl", seed)
     rows = []
     for c in report["comparisons"]:
-        if c["a"] == f"{grpo.name}/think" and c["b"] == f"{sft.name}/think":
+        if c["level"] == "item" and c["a"] == f"{grpo.name}/think" and c["b"] == f"{sft.name}/think":
             run = next(r for r in report["runs"] if r["name"] == c["a"])
             rows.append({**rows_from_report({"runs": [run], "comparisons": []}, "single", seed)[0],
                          "mode": "think (GRPO vs its SFT start)", **{k: c["metrics"]["hit@10"][k] for k in ("diff", "low", "high")}})  # fmt: skip
