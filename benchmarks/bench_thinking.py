@@ -175,6 +175,7 @@ def main() -> None:
     )
     parser.add_argument("world", choices=["quickstart"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--no_rl", action="store_true", help="skip GRPO (its ~10 minutes a seed)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     store = OUT / f"{args.world}.json"
@@ -182,7 +183,9 @@ def main() -> None:
     for seed in args.seeds:
         model, data = quickstart_model(seed)
         out = OUT / f"{args.world}-seed{seed}"
-        results[str(seed)] = evaluate(model, data, out, seed) + rl(model, data, out, seed)
+        results[str(seed)] = evaluate(model, data, out, seed) + (
+            [] if args.no_rl else rl(model, data, out, seed)
+        )
         store.write_text(json.dumps(results, indent=1))
     rows = [row for seed in sorted(results, key=int) for row in results[seed]]
     text = table(rows)
