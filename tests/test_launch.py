@@ -1,7 +1,10 @@
-"""Each stage through `accelerate launch`, as a user runs it: one process, two (DDP, gloo), ZeRO-2.
+"""Each stage through `accelerate launch`, as a user runs it: one process, two (DDP, gloo), ZeRO-2, ZeRO-3.
 
-Runs on CPU: two processes on two cores test correctness (gradients averaged, weights saved
-once, the alignment mask holding under DDP and DeepSpeed), not speed.
+Runs on CPU: two processes on two cores test correctness (two ranks, each trained on other
+rows, end with the same weights: gradients are averaged; weights saved once; the alignment
+mask holds under DDP and DeepSpeed), not speed. Every rank writes what it saw
+(`tests/rank_probe.py`). Evaluation under `accelerate launch` splits the users across
+processes and must write the report one process writes.
 """
 
 from __future__ import annotations
@@ -48,7 +51,11 @@ LAUNCHERS = {
         "no",
     ],
     "zero2-2proc": ["--config_file", "recipes/accelerate_configs/zero2.yaml", "--num_processes", "2"],
+    "zero3-2proc": ["--config_file", "recipes/accelerate_configs/zero3.yaml", "--num_processes", "2"],
 }
+# ZeRO-3 shards the weights themselves; SFT is the stage it is meant for (8B full fine-tuning).
+TRAIN_LAUNCHERS = [name for name in LAUNCHERS if name != "zero3-2proc"]
+PROBE = REPO / "tests" / "rank_probe.py"
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +70,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(launcher: str, recipe: str, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run `accelerate launch ... -m onereason.train --config recipe` from the repository root.
+def launch(
+    launcher: str, *command: str, probe: Path | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess:
+    """Run `accelerate launch <launcher flags> <command>` from the repository root.
+
+    `command` is `-m onereason.train --config ...` or `-m onereason.cli eval ...`; with `probe`
+    the training entry point runs through `tests/rank_probe.py`, which writes one
+    `rank-<i>.json` per process into `probe`.
 
     DeepSpeed's first multi-process run on a machine JIT-compiles a small CPU op (cached in
     ~/.cache/torch_extensions; ~20 s idle, minutes on a loaded machine): hence the timeout.
     """
+    if probe is not None:
+        assert command[:2] == ("-m", "onereason.train"), command
+        command = (str(PROBE), *command[2:])
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", *LAUNCHERS[launcher],
-        "--main_process_port", str(free_port()),
-        "-m", "onereason.train", "--config", recipe, *overrides,
+        "--main_process_port", str(free_port()), *command,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -81,6 +96,8 @@ def launch(launcher: str, recipe: str, *overrides: str, timeout: int = 240) -> s
         "WANDB_MODE": "disabled",
         "TOKENIZERS_PARALLELISM": "false",
     }
+    if probe is not None:
+        env["RANK_PROBE_DIR"] = str(probe)
     # Own process group: on a timeout the workers are ended with the launcher, never left behind.
     proc = subprocess.Popen(
         cmd,
@@ -94,11 +111,38 @@ def launch(launcher: str, recipe: str, *overrides: str, timeout: int = 240) -> s
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # The workers may run in sessions of their own: end every descendant, then the launcher.
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
     assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stderr ---\n{stderr[-6000:]}"
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def train(launcher: str, recipe: str, *overrides: str, probe: Path) -> None:
+    launch(launcher, "-m", "onereason.train", "--config", recipe, *overrides, probe=probe)
+
+
+def ranks_agree(probe: Path, launcher: str) -> list[dict]:
+    """Every process ran in one world of the launcher's size, trained, and ended with the same weights;
+    with two processes, the ranks trained on different rows (so equal weights mean averaged gradients)."""
+    n = 1 if launcher == "single" else 2
+    records = [json.loads(p.read_text()) for p in sorted(probe.glob("rank-*.json"))]
+    assert [r["rank"] for r in records] == list(range(n)), f"{launcher}: ranks {[r['rank'] for r in records]}"
+    assert {r["world_size"] for r in records} == {n}
+    assert all(r["batches"] for r in records), "every rank ran forward passes with gradients"
+    assert len({r["weights_after"] for r in records}) == 1, (
+        f"{launcher}: the ranks ended with different weights"
+    )
+    assert all(r["weights_after"] != r["weights_before"] for r in records), "training changed the weights"
+    if n == 2:
+        first, second = (r["batches"] for r in records)
+        assert first != second and not set(first) & set(second), "the two ranks must see different rows"
+    return records
 
 
 def common_overrides(world, out: Path) -> list[str]:
@@ -117,13 +161,15 @@ def common_overrides(world, out: Path) -> list[str]:
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_sft_recipe_launches(world, tmp_path, launcher):
     out = tmp_path / "sft"
-    launch(
+    train(
         launcher,
         "recipes/tiny/sft.yaml",
         "--model_name_or_path",
         str(world["itemic"]),
         *common_overrides(world, out),
+        probe=tmp_path / "ranks",
     )
+    ranks_agree(tmp_path / "ranks", launcher)
     before, after = (
         load_file(str(world["itemic"] / "model.safetensors")),
         load_file(str(out / "model.safetensors")),
@@ -136,16 +182,18 @@ def test_sft_recipe_launches(world, tmp_path, launcher):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("launcher", TRAIN_LAUNCHERS)
 def test_align_recipe_launches(world, tmp_path, launcher):
     out = tmp_path / "align"
-    launch(
+    train(
         launcher, "recipes/tiny/align.yaml",
         "--model_name_or_path", str(world["base"]),
         "--items_path", str(world["items"]),
         "--embedding_max_steps", "3",
         *common_overrides(world, out),
+        probe=tmp_path / "ranks",
     )  # fmt: skip
+    ranks_agree(tmp_path / "ranks", launcher)  # the last phase (the whole model)
     base = load_file(str(world["base"] / "model.safetensors"))
     phase1 = load_file(str(out / "embeddings" / "model.safetensors"))
     final = load_file(str(out / "model.safetensors"))
@@ -180,13 +228,70 @@ def rl_overrides(world, out: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["grpo", "ppo"])
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("launcher", TRAIN_LAUNCHERS)
 def test_rl_recipe_launches(world, tmp_path, launcher, stage):
     out = tmp_path / stage
-    launch(launcher, f"recipes/tiny/{stage}.yaml", *rl_overrides(world, out))
+    train(launcher, f"recipes/tiny/{stage}.yaml", *rl_overrides(world, out), probe=tmp_path / "ranks")
+    records = ranks_agree(tmp_path / "ranks", launcher)
+    losses = records[0]["losses"]
+    assert len(losses) == 3 and any(loss != 0.0 for loss in losses) and len(set(losses)) > 1, (
+        f"the policy's loss must move: {losses}"
+    )
+    assert all(r["losses"] == losses for r in records), "every rank logs the same (gathered) loss"
     before = load_file(str(world["itemic"] / "model.safetensors"))
     after = load_file(str(out / "model.safetensors"))
     after.pop("lm_head.weight", None)
     assert set(after) == set(before), "the saved policy is a plain model folder (no value head)"
     assert sum(not torch.equal(before[k], after[k]) for k in before) >= 1, "the policy was updated"
     assert json.loads((out / HISTORY_FILE).read_text())[-1]["global_step"] == 3
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def timing(key: str) -> bool:
+    return key.endswith("_s") or "latency" in key or "per_s" in key or "seconds" in key
+
+
+def without_timings(value):
+    """A report or run record with its wall-clock figures (which differ run to run) left out."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not timing(k)}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.slow
+def test_eval_on_two_processes_writes_the_report_of_one(world, tmp_path):
+    """Users are split across the processes in shards; sampled thinking traces are seeded per shard,
+    so two processes must rank every user as one process does, and write the same report."""
+    from evaluation.run import main as eval_main
+
+    args = [
+        "--models", str(world["itemic"]), "--names", "tiny", "--item_index", str(world["index"]),
+        "--data_path", str(world["tasks"]), "--compare", "true", "--num_beams", "5",
+        "--think_budget", "6", "--shard_size", "2", "--n_bootstrap", "50", "--baselines", "popularity",
+    ]  # fmt: skip
+    assert eval_main([*args, "--out_dir", str(tmp_path / "one")]) == 0
+    launch("ddp-2proc", "-m", "onereason.cli", "eval", *args, "--out_dir", str(tmp_path / "two"))
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert [r["name"] for r in one["runs"]] == ["tiny/no_think", "tiny/think"]
+    assert one["n_examples"] >= 4, "more users than one shard, so both processes rank some"
+    for a, b in zip(one["runs"], two["runs"]):
+        assert without_timings(a) == without_timings(b), a["name"]
+    assert without_timings(one["comparisons"]) == without_timings(two["comparisons"])
+    for mode in ("no_think", "think"):
+        one_run, two_run = (
+            [
+                json.loads(line)
+                for line in (tmp_path / d / "runs" / f"tiny-{mode}.jsonl").read_text().splitlines()
+            ]
+            for d in ("one", "two")
+        )
+        assert [r["key"] for r in one_run] == [r["key"] for r in two_run]
+        for a, b in zip(one_run, two_run):
+            # Same traces, same ranked SIDs; beam scores equal up to float32 summation order (threads).
+            assert a.pop("scores") == pytest.approx(b.pop("scores"), abs=1e-4)
+            assert without_timings(a) == without_timings(b), a["key"]
+    assert (tmp_path / "two" / "report.md").is_file() and (tmp_path / "two" / "comparison.png").is_file()
