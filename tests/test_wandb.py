@@ -90,6 +90,9 @@ def test_sft_logs_its_loss_and_completions_to_wandb(toy, tmp_path, offline_wandb
         "--eval_strategy", "steps", "--eval_steps", "3", "--completions_table_prompts", "2",
         "--completions_max_new_tokens", "6",
     ])  # fmt: skip
+    import wandb
+
+    wandb.finish()  # what the end of the `onereason train` process does: the run's records are flushed
     logged = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
     losses = [h["loss"] for h in logged if "loss" in h]
     assert len(losses) == 3
