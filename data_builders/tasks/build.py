@@ -9,61 +9,70 @@ item_index.json, and writes the "task datasets" contract of docs/ARCHITECTURE.md
     <out>/README.md      dataset card
     <out>/config.yaml    the resolved config
 
+A build has two halves. The per-user half (`data_builders.tasks.shards`) cuts the users
+into shards by a stable hash of their id and writes each shard's recommendation rows; the
+merge (`merge_shards`) puts every shard's rows in user order, adds what needs all users
+(perception tasks, association pairs), shuffles the train split, sums the stats and writes
+the folder. One process is one shard; `--num_proc P` runs the shards in a process pool,
+`--engine ray` on Ray Data, `--num_shards N --shard_index i` one shard on its own (merge the
+folders with `--merge_shards`): the output is the same bytes every way.
+
 The folder is replaced in one rename (`onereason.io.atomic_dir`), so a failed build
 leaves the previous output, never half of a new one. Bad rows (a target missing from the
 index, a history that is empty once unknown items are removed) are dropped and counted.
 
-Examples stream to an Arrow file per split instead of living in memory, so a 1M-interaction
-log builds in a few GB.
+Examples stream to an Arrow file per shard and split instead of living in memory, so a
+1M-interaction log builds in a few GB.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
-from datasets import Dataset, DatasetDict, Features, List, Value
+from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from data_builders.tasks.card import dataset_card
 from data_builders.tasks.catalog import ItemCatalog, build_catalog
-from data_builders.tasks.cot import CotConfig, DeterministicCot
+from data_builders.tasks.cot import DeterministicCot
 from data_builders.tasks.history import HistoryStyle
-from data_builders.tasks.interests import TRUTH_FILES, InterestRecovery, read_truth
-from data_builders.tasks.leakage import LeakageMeter, find_leaks
+from data_builders.tasks.interests import TRUTH_FILES, read_truth, recovery_report
 from data_builders.tasks.mixture import DEFAULT_MIXTURE, MixtureEntry, load_mixture, parse_mixture
 from data_builders.tasks.perception import ITEM_TASKS, PerceptionTasks, association_pairs
-from data_builders.tasks.recommendation import REC_TASKS, RecommendationTasks, RecRow, sequence_window_ends
+from data_builders.tasks.recommendation import REC_TASKS, RecRow
+from data_builders.tasks.shards import (
+    PAIRS_FILE,
+    SHARD_FILE,
+    SPLIT_FILES,
+    ShardBuilder,
+    ShardStats,
+    build_settings,
+    build_shard,
+    capped_eval_rows,
+    cot_config,
+    read_pairs,
+    read_shard_split,
+    rows_from_frame,
+    scan_split,
+    write_arrow,
+)
+from onereason.errors import InputError, UsageError
 from onereason.io import atomic_dir, atomic_write_json, atomic_write_text
-from onereason.sequence_loss import SEQUENCE_TASKS
-from onereason.tables import read_items, read_split
 
 logger = logging.getLogger(__name__)
 
-SPLIT_FILES = {"train": "train", "validation": "valid", "test": "test"}
-MESSAGES = List({"role": Value("string"), "content": Value("string")})
-FEATURES = Features(
-    {
-        "prompt": MESSAGES,
-        "completion": MESSAGES,
-        "task": Value("string"),
-        "mode": Value("string"),
-        "user_id": Value("string"),
-        "history_items": List(Value("string")),
-        "target_items": List(Value("string")),
-        "target_sids": List(Value("string")),
-        "target_terms": List(Value("string")),
-        "domain": Value("string"),
-    }
-)
-WRITE_BATCH = 2000
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -152,68 +161,88 @@ class BuildTasksConfig:
         if self.teacher_fallback not in ("deterministic", "drop"):
             raise ValueError(f"teacher_fallback must be deterministic or drop, got {self.teacher_fallback!r}")
         HistoryStyle(item_text=self.history_text, max_items=self.max_history)  # validates
-        CotConfig(style=self.trace_style)  # validates
+        cot_config(self)  # validates
 
 
-# ---------------------------------------------------------------------- reading splits
+@dataclass
+class ScaleArguments:
+    """How the build runs (not what it builds: the output is the same bytes every way)."""
+
+    num_proc: int = field(
+        default=1,
+        metadata={"help": "processes on this machine, each building shards of users (local engine)"},
+    )
+    num_shards: int = field(
+        default=0,
+        metadata={
+            "help": "user shards (a stable hash of the user id); 0: one per process, or per Ray CPU "
+            "with --engine ray"
+        },
+    )
+    shard_index: int | None = field(
+        default=None,
+        metadata={
+            "help": "build only this shard (0..num_shards-1) into out_dir, e.g. one per machine; "
+            "then --merge_shards the folders"
+        },
+    )
+    merge_shards: list[str] | None = field(
+        default=None,
+        metadata={"help": "shard folders (from --shard_index) to merge into out_dir, with the same config"},
+    )
+    engine: str = field(
+        default="local",
+        metadata={
+            "help": "local (this machine) | ray (Ray Data: RAY_ADDRESS's cluster, else a local Ray; "
+            "pip install 'onereason[scale]')"
+        },
+    )
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise UsageError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.num_proc < 1 or self.num_shards < 0:
+            raise UsageError("num_proc must be >= 1 and num_shards >= 0")
+        if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
+            raise UsageError(
+                f"shard_index {self.shard_index} needs num_shards > shard_index (got num_shards {self.num_shards})"
+            )
+        if self.merge_shards is not None and self.shard_index is not None:
+            raise UsageError("--merge_shards merges shard folders; it does not take --shard_index")
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+@dataclass
+class BuildInputs:
+    """What every shard and the merge read besides the split rows: catalogue, mixture, seed."""
+
+    catalog: ItemCatalog
+    entries: list[MixtureEntry]
+    seed: int
+    index: object
+
+
+def load_inputs(config: BuildTasksConfig) -> BuildInputs:
+    from onereason.item_index import ItemIndex
+    from onereason.tables import read_items
+
+    index = ItemIndex.load(config.item_index)
+    catalog = build_catalog(read_items(Path(config.data_dir)), index)
+    if config.mixture:
+        entries, mixture_seed = load_mixture(config.mixture)
+    else:
+        entries, mixture_seed = parse_mixture(DEFAULT_MIXTURE, "default mixture"), None
+    seed = config.seed if mixture_seed is None else int(mixture_seed)
+    return BuildInputs(catalog, entries, seed, index)
 
 
 def read_rows(
     path: Path, split: str, catalog: ItemCatalog, max_history: int, top_k: int, drops: Counter
 ) -> list[RecRow]:
-    """Split rows as `RecRow`s; rows whose target is unknown or whose history ends up empty are counted drops."""
-    df = pl.from_arrow(read_split(path))
-    if "history_ts" not in df.columns:
-        df = df.with_columns(
-            pl.col("history").list.eval(pl.int_range(pl.len(), dtype=pl.Int64)).alias("history_ts")
-        )
-    if "target_ts" not in df.columns:
-        df = df.with_columns(pl.lit(0, dtype=pl.Int64).alias("target_ts"))
-    if "target_event" not in df.columns:
-        df = df.with_columns(pl.lit("", dtype=pl.String).alias("target_event"))
-    df = df.with_row_index("_row").sort(["user_id", "target_ts", "_row"], maintain_order=True)
-    following = [pl.col("target").shift(-j).over("user_id").alias(f"_next{j}") for j in range(1, top_k)]
-    df = df.with_columns(following)
-    pos = catalog.position
-    rows = []
-    next_cols = [f"_next{j}" for j in range(1, top_k)]
-    for chunk in df.iter_slices(50_000):
-        cols = chunk.select(
-            ["_row", "user_id", "history", "history_ts", "target", "target_event", *next_cols]
-        ).to_dict(as_series=False)
-        for k in range(len(cols["_row"])):
-            target = pos.get(cols["target"][k])
-            if target is None or not catalog.indexed(target):
-                drops["target_not_in_index"] += 1
-                continue
-            items, stamps = [], []
-            for item, ts in zip(cols["history"][k] or [], cols["history_ts"][k] or []):
-                p = pos.get(item)
-                if p is None or not catalog.indexed(p):
-                    drops["history_item_not_in_index"] += 1
-                    continue
-                items.append(p)
-                stamps.append(int(ts))
-            if not items:
-                drops["empty_history"] += 1
-                continue
-            targets = [target]
-            for col in next_cols:
-                nxt = pos.get(cols[col][k]) if cols[col][k] is not None else None
-                if nxt is None or not catalog.indexed(nxt):
-                    break
-                targets.append(nxt)
-            rows.append(
-                RecRow(
-                    key=f"{split}:{cols['_row'][k]}",
-                    user_id=str(cols["user_id"][k]),
-                    history=items[-max_history:],
-                    timestamps=stamps[-max_history:],
-                    targets=targets,
-                    event=str(cols["target_event"][k] or ""),
-                )
-            )
-    return rows
+    """Every row of a split file as `RecRow`s (bad rows counted in `drops`)."""
+    return rows_from_frame(scan_split(Path(path)).collect(), split, catalog, max_history, top_k, drops)
 
 
 def load_truth(config: BuildTasksConfig) -> tuple[pa.Table, pa.Table] | None:
@@ -224,203 +253,257 @@ def load_truth(config: BuildTasksConfig) -> tuple[pa.Table, pa.Table] | None:
     return found
 
 
-# ---------------------------------------------------------------------- the build
-
-
-class TaskBuilder:
-    """Holds the catalogue, the task makers and the running statistics of one build."""
-
-    def __init__(
-        self,
-        config: BuildTasksConfig,
-        catalog: ItemCatalog,
-        entries: list[MixtureEntry],
-        seed: int,
-        index=None,
-    ):
-        self.config = config
-        self.catalog = catalog
-        self.entries = entries
-        self.seed = seed
-        style = HistoryStyle(
-            item_text=config.history_text,
-            max_items=config.max_history,
-            title_max_chars=config.title_max_chars,
-            numbered=config.history_numbered,
+def check_shardable(config: BuildTasksConfig, entries: list[MixtureEntry], num_shards: int) -> None:
+    """Refuse what needs every user's rows in one process: a teacher (its limit and batches span
+    users) and an exact `count` of recommendation rows (its draw ranks every row)."""
+    if num_shards <= 1:
+        return
+    if config.cot == "teacher":
+        raise UsageError("cot: teacher builds in one process (num_proc 1, num_shards 1, engine local)")
+    counted = [f"{e.task}/{e.mode}" for e in entries if e.task in REC_TASKS and e.count is not None]
+    if counted:
+        raise UsageError(
+            f"mixture entries {counted} ask for an exact count of recommendation rows, which needs every "
+            "user in one shard; give them a weight, or build with one shard"
         )
-        self.rec = RecommendationTasks(
-            catalog, style, config.system_prompt, seed, config.top_k, config.short_prompts
-        )
-        self.perception = PerceptionTasks(catalog, config.system_prompt, seed)
-        self.cot = DeterministicCot(
-            catalog,
-            CotConfig(
-                interest_fields=tuple(config.interest_fields),
-                min_support=config.min_support,
-                recent_items=config.recent_items,
-                style=config.trace_style,
-            ),
-        )
-        self.teacher = None
-        if config.cot == "teacher":
-            from data_builders.tasks.cot_teacher import TeacherCot
 
-            self.teacher = TeacherCot(
-                catalog,
-                config.teacher_model,
-                config.teacher_backend,
-                config.teacher_max_new_tokens,
-                config.teacher_retries,
-                config.teacher_batch_size,
-                seed=seed,
-                index=index,
-                history_style=style,
-            )
-        self.counts: dict[str, Counter] = defaultdict(Counter)
-        self.drops: Counter = Counter()  # bad input: rows and traces removed
-        self.ineligible: Counter = Counter()  # a task that cannot use a row (single target, no Term ID...)
-        self.leakage: dict[str, LeakageMeter] = defaultdict(LeakageMeter)
-        self.trace_sources: Counter = Counter()
-        self.samples: dict[str, list[dict]] = defaultdict(list)
 
-    # -- multiplicities -------------------------------------------------------------
+# ---------------------------------------------------------------------- the per-user half
 
-    def rec_plan(self, split: str, rows: list[RecRow]) -> list[tuple[MixtureEntry, np.ndarray]]:
-        plan = []
-        window_ends = None
-        for entry in self.entries:
-            if entry.task not in REC_TASKS or (entry.task in SEQUENCE_TASKS and split != "train"):
-                continue  # sequence rows train; evaluation reads the per-target rows
-            if entry.task in SEQUENCE_TASKS and window_ends is None:
-                window_ends = sequence_window_ends(rows)
-            reasons = [
-                "inside_a_longer_window" if entry.task in SEQUENCE_TASKS and not window_ends[k] else None
-                for k in range(len(rows))
-            ]
-            reasons = [why or self.rec.ineligible(entry.task, r) for why, r in zip(reasons, rows)]
+
+def build_shard_from_files(
+    config: BuildTasksConfig,
+    num_shards: int,
+    shard_index: int,
+    out: Path,
+    eval_rows: dict[str, set[str]] | None = None,
+    inputs: BuildInputs | None = None,
+) -> dict:
+    """Shard `shard_index` of `num_shards`, its rows read from the build-data folder, into `out`."""
+    inputs = inputs or load_inputs(config)
+    frames = {
+        split: read_shard_split(Path(config.data_dir) / "splits" / f"{file}.parquet", num_shards, shard_index)
+        for split, file in SPLIT_FILES.items()
+    }
+    builder = ShardBuilder(config, inputs.catalog, inputs.entries, inputs.seed, inputs.index)
+    out.mkdir(parents=True, exist_ok=True)
+    return build_shard(builder, frames, out, (shard_index, num_shards), load_truth(config), eval_rows)
+
+
+def build_shards_locally(
+    config: BuildTasksConfig, num_shards: int, num_proc: int, scratch: Path, inputs: BuildInputs
+) -> list[Path]:
+    """Every shard on this machine: in this process, or in a pool of `num_proc` fresh processes
+    (spawned, not forked: polars' and torch's thread pools do not survive a fork)."""
+    eval_rows = capped_eval_rows(config, inputs.catalog)
+    dirs = [scratch / f"shard-{i:05d}" for i in range(num_shards)]
+    if num_proc == 1:
+        for i, folder in enumerate(dirs):
+            build_shard_from_files(config, num_shards, i, folder, eval_rows, inputs)
+        return dirs
+    with ProcessPoolExecutor(min(num_proc, num_shards), mp_context=get_context("spawn")) as pool:
+        jobs = [
+            pool.submit(build_shard_from_files, config, num_shards, i, folder, eval_rows)
+            for i, folder in enumerate(dirs)
+        ]
+        for job in jobs:
+            job.result()
+    return dirs
+
+
+# ---------------------------------------------------------------------- the merge
+
+
+def perception_examples(
+    config: BuildTasksConfig, inputs: BuildInputs, pairs: Counter, ineligible: Counter
+) -> Iterator[dict]:
+    """Item tasks over the whole catalogue and association over every user's pairs: built once."""
+    c, seed = inputs.catalog, inputs.seed
+    perception = PerceptionTasks(c, config.system_prompt, seed)
+    items = np.arange(len(c))
+    for entry in inputs.entries:
+        if entry.task in ITEM_TASKS:
+            reasons = [perception.ineligible(entry.task, int(i)) for i in items]
             for reason in reasons:
                 if reason:
-                    self.ineligible[f"{split}/{entry.task}:{reason}"] += 1
-            eligible = np.array([r is None for r in reasons], dtype=bool)
+                    ineligible[f"train/{entry.task}:{reason}"] += 1
+            mult = entry.multiplicities(np.array([r is None for r in reasons]), seed, c.item_ids)
+            for i in np.flatnonzero(mult):
+                for copy in range(int(mult[i])):
+                    yield perception.build_item(entry.task, int(i), copy)
+        elif entry.task == "association":
+            chosen = association_pairs(c, pairs, config.association_pairs or len(c), seed)
+            keys = [f"{c.item_ids[a]}|{c.item_ids[b]}" for a, b, _ in chosen]
+            mult = entry.multiplicities(np.ones(len(chosen), dtype=bool), seed, keys)
+            for j in np.flatnonzero(mult):
+                a, b, count = chosen[j]
+                for copy in range(int(mult[j])):
+                    yield perception.build_pair(a, b, count, copy)
+
+
+def read_shard_summaries(config: BuildTasksConfig, dirs: list[Path]) -> list[dict]:
+    """Each folder's shard.json, checked: one shard of each index, all built with this config."""
+    summaries = []
+    for folder in dirs:
+        path = folder / SHARD_FILE
+        if not path.is_file():
+            raise InputError(f"{folder} is not a shard folder (no {SHARD_FILE}); build it with --shard_index")
+        summaries.append(json.loads(path.read_text()))
+    sizes = {s["num_shards"] for s in summaries}
+    if len(sizes) != 1:
+        raise InputError(f"the shard folders were cut into different numbers of shards: {sorted(sizes)}")
+    indices, num_shards = sorted(s["shard_index"] for s in summaries), sizes.pop()
+    if indices != list(range(num_shards)):
+        raise InputError(
+            f"shards {indices} of {num_shards} given; a merge needs each of 0..{num_shards - 1} exactly once"
+        )
+    settings = build_settings(config)
+    for folder, summary in zip(dirs, summaries):
+        differ = sorted(k for k in settings if summary["settings"].get(k) != settings[k])
+        if differ:
+            raise InputError(f"{folder} was built with other settings than this config: {differ}")
+    return summaries
+
+
+def in_user_order(dataset: Dataset, tail: int) -> Dataset:
+    """The shards' rows sorted by user (each user's rows keep their order), then `tail` rows as they are.
+
+    A user's rows all sit in one shard, so this is the order of a one-shard build whatever
+    the shards were.
+    """
+    n = len(dataset) - tail
+    if n == 0:
+        return dataset
+    users = dataset.data.column("user_id").slice(0, n)
+    keys = pa.table({"user": users, "position": pa.array(np.arange(n))})
+    order = pc.sort_indices(keys, sort_keys=[("user", "ascending"), ("position", "ascending")])
+    order = order.to_numpy().astype(np.int64)
+    return dataset.select(np.concatenate([order, np.arange(n, len(dataset))]))
+
+
+def token_samples(train: Dataset, per_task: int) -> dict[str, list[dict]]:
+    """The first `per_task` train rows of each task (user order, before the shuffle)."""
+    taken: dict[str, list[int]] = {}
+    for k, task in enumerate(train["task"]):
+        chosen = taken.setdefault(task, [])
+        if len(chosen) < per_task:
+            chosen.append(k)
+    return {
+        task: [{"prompt": ex["prompt"], "completion": ex["completion"]} for ex in train.select(ks)]
+        for task, ks in taken.items()
+    }
+
+
+def merge_shards(
+    config: BuildTasksConfig, dirs: list[Path], inputs: BuildInputs | None = None
+) -> tuple[Path, dict]:
+    """Shard folders -> the output folder: rows in user order, perception tasks, shuffle, stats, card."""
+    dirs = [Path(d) for d in dirs]
+    inputs = inputs or load_inputs(config)
+    totals = ShardStats()
+    for summary in read_shard_summaries(config, dirs):
+        totals.add(summary["stats"])
+    catalog = inputs.catalog
+    totals.drops["items_not_in_index"] = sum(not catalog.indexed(i) for i in range(len(catalog)))
+    out = Path(config.out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.arrow.") as scratch:
+        splits, train_in_order = {}, None
+        for split in SPLIT_FILES:
+            parts = [Dataset.from_file(str(d / f"{split}.arrow")) for d in dirs]
+            tail = 0
             if split == "train":
-                plan.append((entry, entry.multiplicities(eligible, self.seed)))
-            else:
-                plan.append((entry, eligible.astype(np.int64)))
-        return plan
+                pairs = read_pairs([d / PAIRS_FILE for d in dirs], catalog)
+                path = Path(scratch) / "perception.arrow"
+                extra = perception_examples(config, inputs, pairs, totals.ineligible)
+                tail = write_arrow(counted(totals.counts["train"], extra), path)
+                parts.append(Dataset.from_file(str(path)))
+            dataset = in_user_order(concatenate_datasets(parts), tail)
+            if split == "train":
+                train_in_order = dataset
+                if len(dataset):
+                    dataset = dataset.shuffle(seed=inputs.seed)
+            splits[split] = dataset
+            logger.info("%s: %d examples", split, len(dataset))
+        dataset_dict = DatasetDict(splits)
+        stats = merged_stats(config, inputs, totals)
+        if config.tokenizer:
+            samples = token_samples(train_in_order, config.token_stats_sample)
+            stats["token_lengths"] = token_lengths(samples, config.tokenizer)
+        with atomic_dir(out) as tmp:
+            dataset_dict.save_to_disk(str(tmp))
+            atomic_write_json(tmp / "stats.json", stats)
+            atomic_write_text(tmp / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+            atomic_write_text(tmp / "README.md", dataset_card(config, stats, dataset_dict))
+        del dataset_dict, splits, train_in_order
+    if config.push_to_hub:
+        push(out, config.push_to_hub, config.hub_private)
+    return out, stats
 
-    # -- traces ---------------------------------------------------------------------
 
-    def teacher_traces(self, rows: list[RecRow], plan) -> dict[int, str | None]:
-        from data_builders.tasks.cot_teacher import TeacherRequest
+def counted(counts: Counter, examples: Iterator[dict]) -> Iterator[dict]:
+    for ex in examples:
+        counts[f"{ex['task']}/{ex['mode']}"] += 1
+        yield ex
 
-        wanted = sorted({k for entry, mult in plan if entry.mode == "think" for k in np.flatnonzero(mult)})
-        if self.config.teacher_limit:
-            wanted = wanted[: self.config.teacher_limit]
-        texts = self.teacher.traces([TeacherRequest(rows[k].history, rows[k].targets) for k in wanted])
-        return dict(zip(wanted, texts))
 
-    def trace_for(
-        self, k: int, row: RecRow, targets: list[int], teacher: dict[int, str | None], split: str
-    ) -> str | None:
-        if self.teacher is not None:
-            if k in teacher and teacher[k] is not None:
-                text, source = teacher[k], "teacher"
-            elif self.config.teacher_fallback == "drop":
-                self.drops["teacher_rejected"] += 1
-                return None
-            else:
-                text, source = self.cot.build(row.history, row.timestamps, targets).text, "deterministic"
+def merged_stats(config: BuildTasksConfig, inputs: BuildInputs, totals: ShardStats) -> dict:
+    """stats.json from the summed shard stats: counts and leakage add up, interest recovery pools."""
+    counts = {s: totals.counts[s] for s in SPLIT_FILES if sum(totals.counts.get(s, {}).values())}
+    stats = {
+        "examples": {s: sum(c.values()) for s, c in counts.items()},
+        "examples_per_task_mode": {s: dict(sorted(c.items())) for s, c in counts.items()},
+        "drops": dict(sorted((k, v) for k, v in totals.drops.items() if v)),
+        "ineligible": dict(sorted(totals.ineligible.items())),
+        "leakage": {s: totals.leakage[s].report() for s in SPLIT_FILES if s in totals.leakage},
+        "trace_sources": dict(sorted(totals.trace_sources.items())),
+        "interest_fields_used": list(DeterministicCot(inputs.catalog, cot_config(config)).fields),
+    }
+    if totals.recovery is not None:
+        stats["interest_recovery"] = recovery_report(totals.recovery)
+    if totals.teacher is not None:
+        stats["teacher"] = totals.teacher
+    return stats
+
+
+# ---------------------------------------------------------------------- one command
+
+
+def build_tasks(config: BuildTasksConfig, scale: ScaleArguments | None = None) -> tuple[Path, dict]:
+    """Run the build as `scale` says (default: one process); returns (output folder, stats).
+
+    With `shard_index`, the output folder is that shard's folder and the stats are its partial sums.
+    """
+    scale = scale or ScaleArguments()
+    if scale.merge_shards is not None:
+        return merge_shards(config, [Path(d) for d in scale.merge_shards])
+    inputs = load_inputs(config)
+    out = Path(config.out_dir)
+    if scale.shard_index is not None:
+        check_shardable(config, inputs.entries, scale.num_shards)
+        with atomic_dir(out) as tmp:
+            summary = build_shard_from_files(
+                config,
+                scale.num_shards,
+                scale.shard_index,
+                tmp,
+                capped_eval_rows(config, inputs.catalog),
+                inputs,
+            )
+        return out, summary["stats"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.shards.") as scratch:
+        if scale.engine == "ray":
+            from data_builders.tasks.ray_engine import build_shards_on_ray, cluster_cpus
+
+            num_shards = scale.num_shards or cluster_cpus()
+            check_shardable(config, inputs.entries, num_shards)
+            dirs = build_shards_on_ray(config, num_shards, Path(scratch), inputs)
         else:
-            text, source = self.cot.build(row.history, row.timestamps, targets).text, "deterministic"
-        leaks = find_leaks(text, self.catalog, targets)
-        self.leakage[split].add(leaks)
-        if leaks:
-            self.drops["trace_leak"] += 1
-            return None
-        self.trace_sources[source] += 1
-        return text
-
-    # -- examples -------------------------------------------------------------------
-
-    def rec_examples(
-        self, split: str, rows: list[RecRow], recovery: InterestRecovery | None
-    ) -> Iterator[dict]:
-        plan = self.rec_plan(split, rows)
-        teacher = self.teacher_traces(rows, plan) if self.teacher is not None else {}
-        think_targets = {"rec_multi": lambda r: r.targets[: self.config.top_k]}
-        for k, row in enumerate(rows):
-            if recovery is not None:
-                points, _ = self.cot.interest_points(row.history, row.timestamps)
-                recovery.add(
-                    row.user_id, [self.catalog.item_ids[i] for i in row.history], row.timestamps, points
-                )
-            traces: dict[str, str | None] = {}
-            for entry, mult in plan:
-                copies = int(mult[k])
-                if not copies:
-                    continue
-                trace = None
-                if entry.mode == "think":
-                    targets = think_targets.get(entry.task, lambda r: r.targets[:1])(row)
-                    cache_key = "multi" if entry.task == "rec_multi" else "one"
-                    if cache_key not in traces:
-                        traces[cache_key] = self.trace_for(k, row, targets, teacher, split)
-                    trace = traces[cache_key]
-                    if trace is None:
-                        continue
-                for copy in range(copies):
-                    yield self.rec.build(entry.task, entry.mode, row, trace, copy)
-
-    def perception_examples(self, train_rows: list[RecRow]) -> Iterator[dict]:
-        c = self.catalog
-        items = np.arange(len(c))
-        for entry in self.entries:
-            if entry.task in ITEM_TASKS:
-                reasons = [self.perception.ineligible(entry.task, int(i)) for i in items]
-                for reason in reasons:
-                    if reason:
-                        self.ineligible[f"train/{entry.task}:{reason}"] += 1
-                mult = entry.multiplicities(np.array([r is None for r in reasons]), self.seed)
-                for i in np.flatnonzero(mult):
-                    for copy in range(int(mult[i])):
-                        yield self.perception.build_item(entry.task, int(i), copy)
-            elif entry.task == "association":
-                pairs = association_pairs(
-                    c,
-                    (r.history + r.targets[:1] for r in train_rows),
-                    self.config.association_pairs or len(c),
-                    self.seed,
-                )
-                mult = entry.multiplicities(np.ones(len(pairs), dtype=bool), self.seed)
-                for j in np.flatnonzero(mult):
-                    a, b, count = pairs[j]
-                    for copy in range(int(mult[j])):
-                        yield self.perception.build_pair(a, b, count, copy)
-
-    def record(self, split: str, examples: Iterator[dict]) -> Iterator[dict]:
-        for ex in examples:
-            self.counts[split][f"{ex['task']}/{ex['mode']}"] += 1
-            if split == "train" and len(self.samples[ex["task"]]) < self.config.token_stats_sample:
-                self.samples[ex["task"]].append({"prompt": ex["prompt"], "completion": ex["completion"]})
-            yield ex
-
-
-def write_arrow(examples: Iterator[dict], path: Path) -> int:
-    """Stream examples to an Arrow stream file (the format `Dataset.from_file` maps); returns the count."""
-    schema = FEATURES.arrow_schema
-    n = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        batch: list[dict] = []
-        for ex in examples:
-            batch.append(ex)
-            if len(batch) >= WRITE_BATCH:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                n += len(batch)
-                batch = []
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-            n += len(batch)
-    return n
+            num_shards = scale.num_shards or scale.num_proc
+            check_shardable(config, inputs.entries, num_shards)
+            dirs = build_shards_locally(config, num_shards, scale.num_proc, Path(scratch), inputs)
+        return merge_shards(config, dirs, inputs)
 
 
 def token_lengths(samples: dict[str, list[dict]], tokenizer_path: str) -> dict:
@@ -450,89 +533,6 @@ def token_lengths(samples: dict[str, list[dict]], tokenizer_path: str) -> dict:
     return out
 
 
-def build_tasks(config: BuildTasksConfig) -> tuple[Path, dict]:
-    """Run the whole build; returns (output folder, stats)."""
-    from onereason.item_index import ItemIndex
-
-    data_dir = Path(config.data_dir)
-    items = read_items(data_dir)
-    index = ItemIndex.load(config.item_index)
-    catalog = build_catalog(items, index)
-    if config.mixture:
-        entries, mixture_seed = load_mixture(config.mixture)
-    else:
-        entries, mixture_seed = parse_mixture(DEFAULT_MIXTURE, "default mixture"), None
-    seed = config.seed if mixture_seed is None else int(mixture_seed)
-    builder = TaskBuilder(config, catalog, entries, seed, index)
-    builder.drops["items_not_in_index"] = sum(not catalog.indexed(i) for i in range(len(catalog)))
-    truth = load_truth(config)
-
-    out = Path(config.out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stats: dict = {}
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.arrow.") as scratch:
-        splits = {}
-        train_rows: list[RecRow] = []
-        for split, file in SPLIT_FILES.items():
-            rows = read_rows(
-                data_dir / "splits" / f"{file}.parquet",
-                split,
-                catalog,
-                config.max_history,
-                config.top_k,
-                builder.drops,
-            )
-            if split != "train" and config.eval_max_rows:
-                rows = rows[: config.eval_max_rows]
-            recovery = (
-                InterestRecovery(*truth, config.min_support)
-                if truth is not None and split == "test"
-                else None
-            )
-            examples = builder.rec_examples(split, rows, recovery)
-            if split == "train":
-                train_rows = rows
-                examples = _chain(examples, builder.perception_examples(train_rows))
-            path = Path(scratch) / f"{split}.arrow"
-            n = write_arrow(builder.record(split, examples), path)
-            dataset = Dataset.from_file(str(path))
-            if split == "train" and n:
-                dataset = dataset.shuffle(seed=seed)
-            splits[split] = dataset
-            logger.info("%s: %d examples from %d rows", split, n, len(rows))
-            if recovery is not None:
-                stats["interest_recovery"] = recovery.report()
-        dataset_dict = DatasetDict(splits)
-        stats = {
-            "examples": {s: sum(c.values()) for s, c in builder.counts.items()},
-            "examples_per_task_mode": {s: dict(sorted(c.items())) for s, c in builder.counts.items()},
-            "drops": dict(sorted((k, v) for k, v in builder.drops.items() if v)),
-            "ineligible": dict(sorted(builder.ineligible.items())),
-            "leakage": {s: m.report() for s, m in builder.leakage.items()},
-            "trace_sources": dict(builder.trace_sources),
-            "interest_fields_used": list(builder.cot.fields),
-            **stats,
-        }
-        if builder.teacher is not None:
-            stats["teacher"] = builder.teacher.report()
-        if config.tokenizer:
-            stats["token_lengths"] = token_lengths(builder.samples, config.tokenizer)
-        with atomic_dir(out) as tmp:
-            dataset_dict.save_to_disk(str(tmp))
-            atomic_write_json(tmp / "stats.json", stats)
-            atomic_write_text(tmp / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
-            atomic_write_text(tmp / "README.md", dataset_card(config, stats, dataset_dict))
-        del dataset_dict, splits
-    if config.push_to_hub:
-        push(out, config.push_to_hub, config.hub_private)
-    return out, stats
-
-
-def _chain(*iterables):
-    for it in iterables:
-        yield from it
-
-
 def push(out: Path, repo_id: str, private: bool = True) -> None:
     """Push the saved DatasetDict, then our card and stats (push_to_hub writes its own README first)."""
     from datasets import load_from_disk
@@ -550,9 +550,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from data_builders.preflight import SafetyArguments, check_task_inputs
     from onereason.configs import parse_config
 
-    config, safety = parse_config([BuildTasksConfig, SafetyArguments], argv, prog="onereason build-tasks")
+    config, scale, safety = parse_config(
+        [BuildTasksConfig, ScaleArguments, SafetyArguments], argv, prog="onereason build-tasks"
+    )
     check_task_inputs(config, safety)  # paths, output folder, index vs data: before any work
-    out, stats = build_tasks(config)
+    out, stats = build_tasks(config, scale)
+    if scale.shard_index is not None:
+        print(
+            f"wrote shard {scale.shard_index} of {scale.num_shards} to {out}; merge the shard folders with --merge_shards"
+        )
+        return 0
     print(f"wrote {out}: " + ", ".join(f"{s} {n}" for s, n in stats["examples"].items()))
     for split, leak in stats["leakage"].items():
         print(f"leakage rate ({split}): {leak['rate']:.4f} of {leak['checked']} traces")

@@ -61,20 +61,36 @@ class InterestRecovery:
         self.recoverable += len(recoverable)
         self.matched += len(taken)
 
-    def report(self) -> dict:
-        precision = self.matched / self.predicted if self.predicted else 0.0
-        recall = self.matched / self.recoverable if self.recoverable else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    def totals(self) -> dict[str, int]:
+        """The raw counts: totals of several shards add up to the totals of one pooled build."""
         return {
             "examples": self.examples,
-            "interest_points": self.predicted,
-            "planted_recoverable": self.recoverable,
+            "predicted": self.predicted,
+            "recoverable": self.recoverable,
             "matched": self.matched,
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "pattern_accuracy": self.pattern_hits / self.matched if self.matched else 0.0,
+            "pattern_hits": self.pattern_hits,
         }
+
+    def report(self) -> dict:
+        return recovery_report(self.totals())
+
+
+def recovery_report(totals: dict[str, int]) -> dict:
+    """Precision, recall, F1 and pattern accuracy of `InterestRecovery.totals()` (one build's or summed)."""
+    matched, predicted, recoverable = totals["matched"], totals["predicted"], totals["recoverable"]
+    precision = matched / predicted if predicted else 0.0
+    recall = matched / recoverable if recoverable else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "examples": totals["examples"],
+        "interest_points": predicted,
+        "planted_recoverable": recoverable,
+        "matched": matched,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "pattern_accuracy": totals["pattern_hits"] / matched if matched else 0.0,
+    }
 
 
 TRUTH_FILES = ("truth.parquet", "interests.parquet")  # beside a build-data folder's tables (synthetic world)

@@ -135,6 +135,13 @@ class LeakageMeter:
             for k in kinds:
                 self.by_kind[k] = self.by_kind.get(k, 0) + 1
 
+    def add_report(self, report: dict) -> None:
+        """Fold in another meter's `report()` (a shard's): counts add up."""
+        self.checked += report["checked"]
+        self.leaked += report["leaked"]
+        for k, n in report["by_kind"].items():
+            self.by_kind[k] = self.by_kind.get(k, 0) + n
+
     @property
     def rate(self) -> float:
         return self.leaked / self.checked if self.checked else 0.0
@@ -144,5 +151,5 @@ class LeakageMeter:
             "checked": self.checked,
             "leaked": self.leaked,
             "rate": self.rate,
-            "by_kind": dict(self.by_kind),
+            "by_kind": dict(sorted(self.by_kind.items())),
         }

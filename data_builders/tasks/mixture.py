@@ -10,8 +10,10 @@
 tasks, items for perception tasks, item pairs for `association`): 1.0 uses each once,
 0.5 a random half, 2.0 each twice (with different phrasings). `count` asks for exactly
 that many examples (sampled without replacement, cycling when more are asked than exist).
-The draws depend only on (seed, task, mode), so a mixture is reproducible and adding an
-entry does not reshuffle the others.
+Each unit's draw depends only on (seed, task, mode, the unit's key), so a mixture is
+reproducible, adding an entry does not reshuffle the others, and a user's rows get the same
+copies whichever shard of a sharded build holds them (weights; a `count` needs every unit of
+its task in one place).
 
 The mixture shapes the training split. Validation and test hold every recommendation
 (task, mode) of the mixture once per split row, so the two modes of one user see the same
@@ -20,13 +22,14 @@ prompt text there.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import yaml
 
 from data_builders.tasks.perception import PERCEPTION_TASKS
-from data_builders.tasks.phrasing import stable_hash
 from data_builders.tasks.recommendation import REC_TASKS
 from onereason.sequence_loss import SEQUENCE_TASKS
 from onereason.thinking import MODES
@@ -45,21 +48,37 @@ class MixtureEntry:
     weight: float | None = None
     count: int | None = None
 
-    def multiplicities(self, eligible: np.ndarray, seed: int) -> np.ndarray:
-        """Copies of this entry per source unit (0 where `eligible` is False)."""
+    def multiplicities(
+        self, eligible: np.ndarray, seed: int, keys: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Copies of this entry per source unit (0 where `eligible` is False); `keys` name the units
+        (default: their positions).
+
+        A weight's fraction is a per-unit coin (`unit_draw` below the fraction); a count's
+        remainder goes to the eligible units with the smallest draws.
+        """
         out = np.zeros(len(eligible), dtype=np.int64)
         units = np.flatnonzero(eligible)
         if len(units) == 0:
             return out
-        rng = np.random.default_rng(stable_hash(seed, self.task, self.mode))
+        keys = keys if keys is not None else [str(u) for u in range(len(eligible))]
         if self.count is not None:
             full, rest = divmod(self.count, len(units))
             out[units] += full
-            out[rng.choice(units, size=rest, replace=False)] += 1
+            if rest:
+                draws = np.array([self.unit_draw(seed, keys[u]) for u in units])
+                out[units[np.argsort(draws, kind="stable")[:rest]]] += 1
         else:
             whole = int(self.weight)
-            out[units] = whole + (rng.random(len(units)) < self.weight - whole)
+            out[units] = whole
+            if self.weight > whole:
+                out[units] += [self.unit_draw(seed, keys[u]) < self.weight - whole for u in units]
         return out
+
+    def unit_draw(self, seed: int, key: str) -> float:
+        """A uniform number in [0, 1) fixed by (seed, task, mode, key): no state shared between units."""
+        text = f"{seed}\x1f{self.task}\x1f{self.mode}\x1f{key}".encode()
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") / 2**64
 
 
 def parse_mixture(data, source: str = "mixture") -> list[MixtureEntry]:

@@ -139,16 +139,22 @@ class PerceptionTasks:
         return example(self._prompt(user, key), answer, None, "association", "no_think", "", [], [], c, [])
 
 
-def association_pairs(
-    catalog: ItemCatalog, histories, max_pairs: int, seed: int = 0
-) -> list[tuple[int, int, int]]:
-    """(a, b, co-interaction count) pairs: the most frequent consecutive pairs of the training
-    histories, plus as many random unrelated pairs (no shared non-root attribute, count 0)."""
+def pair_counts(catalog: ItemCatalog, histories) -> Counter:
+    """How often each unordered pair of indexed items follows one another in the histories."""
     counts: Counter = Counter()
     for items in histories:
         for a, b in zip(items, items[1:]):
             if a != b and catalog.indexed(a) and catalog.indexed(b):
                 counts[(min(a, b), max(a, b))] += 1
+    return counts
+
+
+def association_pairs(
+    catalog: ItemCatalog, counts: Counter, max_pairs: int, seed: int = 0
+) -> list[tuple[int, int, int]]:
+    """(a, b, co-interaction count) pairs: the most frequent consecutive pairs of the training
+    histories (`pair_counts`, summed over every user), plus as many random unrelated pairs (no
+    shared non-root attribute, count 0)."""
     positives = [
         (a, b, k) for (a, b), k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max_pairs // 2]
     ]
