@@ -2,15 +2,19 @@
 
     python benchmarks/bench_tasks.py scientific          # Scientific, leave-one-out, history <= 20 (target <= 2 min)
     python benchmarks/bench_tasks.py synthetic --interactions 1000000   # (target <= 10 min)
+    python benchmarks/bench_tasks.py synthetic --interactions 1000000 --num_proc 2   # shards in 2 processes
+    python benchmarks/bench_tasks.py synthetic --interactions 100000 --engine ray    # shards on a local Ray
 
 Scientific uses the published residual-k-means index (../shared/data); the synthetic world
 gets an index derived from its attributes. Prints build seconds, examples, leakage rate and
-(synthetic) interest-recovery F1.
+(synthetic) interest-recovery F1. With --num_proc or --engine ray it also builds in one process
+(not timed) and says whether every row is the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import tempfile
 import time
@@ -23,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_builders.build import BuildDataConfig, build_data  # noqa: E402
-from data_builders.tasks.build import BuildTasksConfig, build_tasks  # noqa: E402
+from data_builders.tasks.build import BuildTasksConfig, ScaleArguments, build_tasks  # noqa: E402
 from onereason.item_index import ItemIndex  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "amazon-scientific"
@@ -80,19 +84,47 @@ def synthetic(work: Path, interactions: int) -> BuildTasksConfig:
     )
 
 
+def row_hashes(out: Path) -> dict[str, list[str]]:
+    """A hash of every row of every split, in order."""
+    import json
+
+    from datasets import load_from_disk
+
+    return {
+        split: [hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest() for row in dataset]
+        for split, dataset in load_from_disk(str(out)).items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dataset", choices=["scientific", "synthetic"])
     parser.add_argument("--interactions", type=int, default=1_000_000)
+    parser.add_argument("--num_proc", type=int, default=1, help="processes building user shards")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local")
     args = parser.parse_args()
+    scale = ScaleArguments(num_proc=args.num_proc, engine=args.engine)
+    sharded = args.num_proc > 1 or args.engine == "ray"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config = scientific(work) if args.dataset == "scientific" else synthetic(work, args.interactions)
         config.mixture = str(ROOT / "recipes" / "data" / "tasks_all.yaml")
         start = time.perf_counter()
-        _, stats = build_tasks(config)
+        out, stats = build_tasks(config, scale)
         seconds = time.perf_counter() - start
-    print(f"build-tasks ({args.dataset}): {seconds:.1f} s")
+        if sharded:
+            sharded_rows = row_hashes(out)
+            config.out_dir = str(work / "one-process")
+            one_start = time.perf_counter()
+            one_out, _ = build_tasks(config)
+            one_seconds = time.perf_counter() - one_start
+            same = row_hashes(one_out) == sharded_rows
+    how = f"engine {args.engine}, num_proc {args.num_proc}"
+    print(f"build-tasks ({args.dataset}, {how}): {seconds:.1f} s")
+    if sharded:
+        print(
+            f"one process: {one_seconds:.1f} s (speed-up {one_seconds / seconds:.2f}x); every row identical: {same}"
+        )
     print("examples:", stats["examples"])
     for split, leak in stats["leakage"].items():
         print(f"leakage rate {split}: {leak['rate']:.4f} ({leak['leaked']}/{leak['checked']})")
