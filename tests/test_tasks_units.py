@@ -130,7 +130,7 @@ def test_every_template_file_loads_and_lists_phrasings():
     rec, perception = load_templates("recommendation"), load_templates("perception")
     assert all(len(v) >= 2 for v in rec["question"].values())
     assert {"caption", "text2sid", "sid2term", "term2sid", "item_qa", "association"} <= set(perception)
-    assert set(load_templates("cot")) == {"derivation", "evolution", "recommendation"}
+    assert set(load_templates("cot")) == {"derivation", "evolution", "recommendation", "short"}
 
 
 def test_short_prompts_are_one_fixed_phrasing_for_both_row_kinds():
