@@ -97,6 +97,27 @@ def test_a_process_pool_equals_one_process(synthetic_build, one_process, tmp_pat
     assert fingerprint(out) == one_process
 
 
+def test_a_shard_turning_its_rows_into_examples_a_few_users_at_a_time_equals_one_batch(
+    synthetic_build,  # noqa: F811
+    one_process,
+    tmp_path,
+    monkeypatch,
+):
+    # batches of whole users keep a big shard's memory flat; they must not change a byte
+    import data_builders.tasks.shards as shards
+
+    monkeypatch.setattr(shards, "BATCH_ROWS", 37)
+    train = shards.read_shard_split(synthetic_build / "data" / "splits" / "train.parquet", 1, 0)
+    batches = list(shards.user_batches(train, 37))
+    assert len(batches) > 10 and all(b.height >= 37 for b in batches[:-1])
+    assert sum(b.height for b in batches) == train.height
+    # no user is cut in two
+    assert sum(b["user_id"].n_unique() for b in batches) == train["user_id"].n_unique()
+    out = tmp_path / "batched"
+    assert main(build_args(synthetic_build, out)) == 0
+    assert fingerprint(out) == one_process
+
+
 def test_ray_data_on_a_local_ray_equals_one_process(synthetic_build, one_process, tmp_path):  # noqa: F811
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'onereason[scale]'")
     ray.init(num_cpus=2, include_dashboard=False)

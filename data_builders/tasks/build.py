@@ -170,7 +170,10 @@ class ScaleArguments:
 
     num_proc: int = field(
         default=1,
-        metadata={"help": "processes on this machine, each building shards of users (local engine)"},
+        metadata={
+            "help": "processes on this machine, each building shards of users (local engine); "
+            "the merge writes the output with as many"
+        },
     )
     num_shards: int = field(
         default=0,
@@ -395,9 +398,13 @@ def token_samples(train: Dataset, per_task: int) -> dict[str, list[dict]]:
 
 
 def merge_shards(
-    config: BuildTasksConfig, dirs: list[Path], inputs: BuildInputs | None = None
+    config: BuildTasksConfig, dirs: list[Path], inputs: BuildInputs | None = None, num_proc: int = 1
 ) -> tuple[Path, dict]:
-    """Shard folders -> the output folder: rows in user order, perception tasks, shuffle, stats, card."""
+    """Shard folders -> the output folder: rows in user order, perception tasks, shuffle, stats, card.
+
+    Writing the shuffled rows is most of a merge's time; `num_proc` processes write contiguous
+    slices of each split (datasets' `save_to_disk`), so the merge does not undo the shards' speed-up.
+    """
     dirs = [Path(d) for d in dirs]
     inputs = inputs or load_inputs(config)
     totals = ShardStats()
@@ -431,7 +438,7 @@ def merge_shards(
             samples = token_samples(train_in_order, config.token_stats_sample)
             stats["token_lengths"] = token_lengths(samples, config.tokenizer)
         with atomic_dir(out) as tmp:
-            dataset_dict.save_to_disk(str(tmp))
+            dataset_dict.save_to_disk(str(tmp), num_proc=num_proc if num_proc > 1 else None)
             atomic_write_json(tmp / "stats.json", stats)
             atomic_write_text(tmp / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
             atomic_write_text(tmp / "README.md", dataset_card(config, stats, dataset_dict))
@@ -476,7 +483,7 @@ def build_tasks(config: BuildTasksConfig, scale: ScaleArguments | None = None) -
     """
     scale = scale or ScaleArguments()
     if scale.merge_shards is not None:
-        return merge_shards(config, [Path(d) for d in scale.merge_shards])
+        return merge_shards(config, [Path(d) for d in scale.merge_shards], num_proc=scale.num_proc)
     inputs = load_inputs(config)
     out = Path(config.out_dir)
     if scale.shard_index is not None:
@@ -503,7 +510,7 @@ def build_tasks(config: BuildTasksConfig, scale: ScaleArguments | None = None) -
             num_shards = scale.num_shards or scale.num_proc
             check_shardable(config, inputs.entries, num_shards)
             dirs = build_shards_locally(config, num_shards, scale.num_proc, Path(scratch), inputs)
-        return merge_shards(config, dirs, inputs)
+        return merge_shards(config, dirs, inputs, scale.num_proc)
 
 
 def token_lengths(samples: dict[str, list[dict]], tokenizer_path: str) -> dict:

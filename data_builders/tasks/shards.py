@@ -59,6 +59,7 @@ FEATURES = Features(
     }
 )
 WRITE_BATCH = 2000
+BATCH_ROWS = 100_000  # split rows turned into examples at a time (a shard's memory stays flat)
 SHARD_FILE = "shard.json"
 PAIRS_FILE = "pairs.parquet"
 # Config fields only the merge reads: shards built with other values still merge.
@@ -242,6 +243,10 @@ class ShardStats:
             "teacher": self.teacher,
         }
 
+    def add_recovery(self, totals: dict[str, int]) -> None:
+        self.recovery = self.recovery or Counter()
+        self.recovery.update(totals)  # (`+` would drop the zero counts the report needs)
+
     def add(self, data: dict) -> None:
         for split, counts in data["counts"].items():
             self.counts[split].update(counts)
@@ -251,7 +256,7 @@ class ShardStats:
             self.leakage[split].add_report(report)
         self.trace_sources.update(data["trace_sources"])
         if data["recovery"] is not None:
-            self.recovery = (self.recovery or Counter()) + Counter(data["recovery"])
+            self.add_recovery(data["recovery"])
         if data["teacher"] is not None:
             self.teacher = data["teacher"]  # one shard only (a teacher build does not shard)
 
@@ -285,6 +290,11 @@ class ShardBuilder:
                 history_style=style,
             )
         self.stats = ShardStats()
+
+    def needs_every_row(self) -> bool:
+        """An exact `count` of recommendation rows ranks every row; a teacher's limit and batches span rows."""
+        counted = any(e.task in REC_TASKS and e.count is not None for e in self.entries)
+        return counted or self.teacher is not None
 
     def rec_plan(self, split: str, rows: list[RecRow]) -> list[tuple[MixtureEntry, np.ndarray]]:
         plan = []
@@ -399,6 +409,24 @@ def truth_of_users(truth: tuple[pa.Table, pa.Table] | None, users: list[str]):
     return labels.filter(mask), interests
 
 
+def user_batches(frame: pl.DataFrame, rows: int | None) -> Iterator[pl.DataFrame]:
+    """`frame` in slices of whole users, about `rows` split rows each (None: one slice).
+
+    Users are cut in the order `rows_from_frame` sorts them, so the slices' rows, one after
+    another, are the rows of the whole frame in the same order.
+    """
+    if rows is None or frame.height <= rows:
+        yield frame
+        return
+    frame = frame.with_columns(pl.col("user_id").cast(pl.String)).sort("user_id", maintain_order=True)
+    ends = np.cumsum(frame.group_by("user_id", maintain_order=True).len()["len"].to_numpy())
+    start = 0
+    while start < frame.height:
+        end = int(ends[min(np.searchsorted(ends, start + rows), len(ends) - 1)])
+        yield frame.slice(start, end - start)
+        start = end
+
+
 def build_shard(
     builder: ShardBuilder,
     frames: dict[str, pl.DataFrame],
@@ -410,26 +438,33 @@ def build_shard(
     """Write one shard's folder from its users' split rows (`frames`); returns its shard.json.
 
     The pure per-user function every engine maps: the local process pool and Ray Data call it
-    with the same rows and get the same bytes.
+    with the same rows and get the same bytes. Rows become examples `BATCH_ROWS` at a time, so
+    a shard's memory does not grow with its size (unless an exact `count` or a teacher needs
+    every row at once).
     """
     config, catalog = builder.config, builder.catalog
     pairs: Counter = Counter()
+    batch_rows = None if builder.needs_every_row() else BATCH_ROWS
+
+    def examples(split: str) -> Iterator[dict]:
+        for batch in user_batches(frames[split], batch_rows):
+            rows = rows_from_frame(
+                batch, split, catalog, config.max_history, config.top_k, builder.stats.drops
+            )
+            if eval_rows is not None and split != "train":
+                rows = [r for r in rows if r.key in eval_rows[split]]
+            recovery = None
+            if truth is not None and split == "test":
+                labels, interests = truth_of_users(truth, sorted({r.user_id for r in rows}))
+                recovery = InterestRecovery(labels, interests, config.min_support)
+            yield from builder.rec_examples(split, rows, recovery)
+            if recovery is not None:
+                builder.stats.add_recovery(recovery.totals())
+            if split == "train":
+                pairs.update(pair_counts(catalog, (r.history + r.targets[:1] for r in rows)))
+
     for split in SPLIT_FILES:
-        rows = rows_from_frame(
-            frames[split], split, catalog, config.max_history, config.top_k, builder.stats.drops
-        )
-        if eval_rows is not None and split != "train":
-            rows = [r for r in rows if r.key in eval_rows[split]]
-        recovery = None
-        if truth is not None and split == "test":
-            labels, interests = truth_of_users(truth, sorted({r.user_id for r in rows}))
-            recovery = InterestRecovery(labels, interests, config.min_support)
-        examples = builder.counted(split, builder.rec_examples(split, rows, recovery))
-        write_arrow(examples, out / f"{split}.arrow")
-        if recovery is not None:
-            builder.stats.recovery = Counter(recovery.totals())
-        if split == "train":
-            pairs = pair_counts(catalog, (r.history + r.targets[:1] for r in rows))
+        write_arrow(builder.counted(split, examples(split)), out / f"{split}.arrow")
     write_pairs(pairs, catalog, out / PAIRS_FILE)
     if builder.teacher is not None:
         builder.stats.teacher = builder.teacher.report()
