@@ -6,13 +6,8 @@ A *run* is a list of per-user records (the lines of `runs/<checkpoint>-<mode>.js
      "ranked_sids": ["<a_1><b_2>", ...], "ranked_items": ["i7", "i9", ...],
      "ranked_modes": ["think", "no_think", ...], "n_beams": 20, "n_valid": 20, "think_tokens": 0, "latency_s": 0.01}
 
-Definitions (binary relevance, the conventions `ranx` and `pytrec_eval` use):
-
-- `hit@K`    1 if any relevant entry is among the first K, else 0;
-- `recall@K` relevant entries among the first K / number of relevant entries;
-- `ndcg@K`   sum over the first K positions of rel/log2(pos+1), divided by the same sum for
-             an ideal list (min(K, #relevant) relevant entries first);
-- `mrr`      1 / position of the first relevant entry in the whole returned list (0 if none).
+The metrics are `onereason.ranking.user_metrics` (Hit, recall, NDCG at each K and MRR,
+binary relevance, the conventions `ranx` and `pytrec_eval` use).
 
 Two levels, because several items can share one SID (collisions):
 
@@ -31,44 +26,23 @@ dropped). Per-user values are kept so the paired bootstrap can resample users.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from onereason.ranking import RANK_FAMILIES, user_metrics
 from onereason.thinking import MODES
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 32)
 MINIONEREC_KS: tuple[int, ...] = (3, 5, 10)
 LEVELS = ("item", "sid")
-RANK_FAMILIES = ("hit", "recall", "ndcg")
 
 
 def metric_names(ks: Sequence[int]) -> list[str]:
     """`hit@1, recall@1, ndcg@1, …, mrr` in a stable order (the report's column order)."""
     return [f"{family}@{k}" for k in ks for family in RANK_FAMILIES] + ["mrr"]
-
-
-def user_metrics(ranked: Sequence[str], relevant: Iterable[str], ks: Sequence[int]) -> dict[str, float]:
-    """All metrics of one ranked list against one set of relevant entries."""
-    relevant = set(relevant)
-    gains = [1.0 if entry in relevant else 0.0 for entry in ranked]
-    discounted = np.cumsum([g / math.log2(pos + 2) for pos, g in enumerate(gains)]) if gains else np.zeros(0)
-    found = np.cumsum(gains) if gains else np.zeros(0)
-    out: dict[str, float] = {}
-    for k in ks:
-        top = min(k, len(gains))
-        hits = float(found[top - 1]) if top else 0.0
-        dcg = float(discounted[top - 1]) if top else 0.0
-        ideal = sum(1.0 / math.log2(pos + 2) for pos in range(min(k, len(relevant))))
-        out[f"hit@{k}"] = 1.0 if hits > 0 else 0.0
-        out[f"recall@{k}"] = hits / len(relevant) if relevant else 0.0
-        out[f"ndcg@{k}"] = dcg / ideal if ideal else 0.0
-    first = next((pos for pos, g in enumerate(gains) if g), None)
-    out["mrr"] = 0.0 if first is None else 1.0 / (first + 1)
-    return out
 
 
 def ranked_and_relevant(record: Mapping, level: str) -> tuple[list[str], list[str]]:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from onereason.ranking import mean_hit_ndcg
+
 logger = logging.getLogger(__name__)
 
 
@@ -126,12 +128,6 @@ def rank(model: SASRec, rows: Sequence[Mapping], vocab: Mapping[str, int], k: in
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
-def _ndcg10(top: np.ndarray, targets: np.ndarray) -> float:
-    hit = top[:, :10] == targets[:, None]
-    pos = hit.argmax(1)
-    return float(np.where(hit.any(1), 1.0 / np.log2(pos + 2), 0.0).mean())
-
-
 def train_sasrec(
     train_rows: Sequence[Mapping],
     valid_rows: Sequence[Mapping] | None,
@@ -166,7 +162,8 @@ def train_sasrec(
             total += loss.item() * len(idx)
         point = {"epoch": epoch, "loss": total / max(len(order), 1)}
         if valid:
-            point["valid_ndcg@10"] = _ndcg10(rank(model, valid, vocab, 10, cfg.max_len), valid_targets)
+            top = rank(model, valid, vocab, 10, cfg.max_len)
+            point["valid_ndcg@10"] = mean_hit_ndcg(top.tolist(), valid_targets[:, None].tolist())[1]
             if point["valid_ndcg@10"] > best:
                 best, best_epoch = point["valid_ndcg@10"], epoch
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}

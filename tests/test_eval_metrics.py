@@ -7,7 +7,8 @@ import pytest
 
 from evaluation.baselines import cooccurrence_baseline, popularity_baseline, popularity_counts
 from evaluation.bootstrap import paired_bootstrap, paired_bootstrap_many
-from evaluation.metrics import compute_metrics, generation_stats, user_metrics
+from evaluation.metrics import compute_metrics, generation_stats
+from onereason.ranking import user_metrics
 
 KS = (1, 5, 10, 20, 32)
 

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from onereason.decoding import TwoStageDecoder
 from onereason.item_index import ItemIndex
+from onereason.ranking import mean_hit_ndcg
 from onereason.thinking import switch_mode
 from onereason.trie import SIDTrie
 
@@ -72,18 +73,6 @@ def rank_items(model, tokenizer, index: ItemIndex, trie: SIDTrie, rows, num_beam
     return out
 
 
-def hit_ndcg(ranked: list[list[str]], targets: list[list[str]], k: int = 10) -> tuple[float, float]:
-    hits, gains = 0.0, 0.0
-    for items, relevant in zip(ranked, targets):
-        for pos, item in enumerate(items[:k]):
-            if item in relevant:
-                hits += 1
-                gains += 1 / math.log2(pos + 2)
-                break
-    n = max(len(ranked), 1)
-    return hits / n, gains / n
-
-
 class RankingCallback(TrainerCallback):
     """Adds `eval_hit@10` / `eval_ndcg@10` (constrained beam search) to every evaluation."""
 
@@ -102,7 +91,7 @@ class RankingCallback(TrainerCallback):
         tok = self.trainer.processing_class
         model = self.trainer.model
         ranked = rank_items(model, tok, self.index, self.trie, self.rows, self.num_beams)
-        hit, ndcg = hit_ndcg(ranked, [r["targets"] for r in self.rows])
+        hit, ndcg = mean_hit_ndcg(ranked, [r["targets"] for r in self.rows])
         metrics["eval_hit@10"], metrics["eval_ndcg@10"] = hit, ndcg  # seen by best-model selection
         point = {"step": state.global_step, "epoch": state.epoch, "eval_hit@10": hit, "eval_ndcg@10": ndcg}
         self.history.append(point)
