@@ -155,12 +155,14 @@ def synthetic(work: Path, interactions: int, stages: Stages) -> BuildTasksConfig
         "items": str(log / "items.parquet"),
         "item_columns": item_columns,
     }
+    truth = work / "truth"  # the ground truth build-tasks scores interest recovery against
+    truth.mkdir()
+    pq.write_table(world.truth, truth / "truth.parquet")
+    pq.write_table(world.interests, truth / "interests.parquet")
+    rows = world.items.to_pylist()
+    del world  # build-data's memory is its own
     with stages.stage("build-data"):
         build_data(BuildDataConfig(source="tabular", source_options=options, out_dir=str(work / "data")))
-    pq.write_table(world.truth, work / "data" / "truth.parquet")
-    pq.write_table(world.interests, work / "data" / "interests.parquet")
-    rows = world.items.to_pylist()
-    del world
     groups = {g: k for k, g in enumerate(sorted({(r["subcategory"], r["style"]) for r in rows}))}
     depts = {d: k for k, d in enumerate(sorted({r["department"] for r in rows}))}
     serial: dict = {}
@@ -180,7 +182,10 @@ def synthetic(work: Path, interactions: int, stages: Stages) -> BuildTasksConfig
         )
     ItemIndex([r["item_id"] for r in rows], np.array(codes), terms).save(work / "item_index.json")
     return BuildTasksConfig(
-        data_dir=str(work / "data"), item_index=str(work / "item_index.json"), out_dir=str(work / "out")
+        data_dir=str(work / "data"),
+        item_index=str(work / "item_index.json"),
+        out_dir=str(work / "out"),
+        truth_dir=str(truth),
     )
 
 
