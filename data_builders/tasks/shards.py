@@ -59,7 +59,7 @@ FEATURES = Features(
     }
 )
 WRITE_BATCH = 2000
-BATCH_ROWS = 100_000  # split rows turned into examples at a time (a shard's memory stays flat)
+BATCH_ROWS = 100_000  # split rows turned into examples at a time (bounds the Python row objects)
 SHARD_FILE = "shard.json"
 PAIRS_FILE = "pairs.parquet"
 # Config fields only the merge reads: shards built with other values still merge.
@@ -439,8 +439,9 @@ def build_shard(
 
     The pure per-user function every engine maps: the local process pool and Ray Data call it
     with the same rows and get the same bytes. Rows become examples `BATCH_ROWS` at a time, so
-    a shard's memory does not grow with its size (unless an exact `count` or a teacher needs
-    every row at once).
+    the Python row objects stay bounded however big the shard (unless an exact `count` or a
+    teacher needs every row at once); the shard's split frame itself is held throughout
+    (~0.9 GiB per million interactions, docs/SCALING.md): more shards, less memory each.
     """
     config, catalog = builder.config, builder.catalog
     pairs: Counter = Counter()
