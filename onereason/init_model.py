@@ -49,6 +49,20 @@ class InitModelConfig:
         },
     )
     num_hidden_layers: int | None = field(default=None, metadata={"help": "Layers (default: the preset's)."})
+    hidden_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Model width (default: the preset's). Itemic-token embeddings this wide must tell "
+            "every item apart from its few codes: the width memorises rare item-to-item pairs."
+        },
+    )
+    num_attention_heads: int | None = field(
+        default=None, metadata={"help": "Attention heads (default: the preset's); must divide hidden_size."}
+    )
+    num_key_value_heads: int | None = field(
+        default=None,
+        metadata={"help": "Key/value heads (default: the preset's); must divide num_attention_heads."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed for the model's initial weights."})
     overwrite: bool = field(
         default=False,
@@ -62,9 +76,25 @@ class InitModelConfig:
             )
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"attention_dropout: must be in [0, 1), got {self.attention_dropout}")
-        for name in ("intermediate_size", "num_hidden_layers"):
+        sizes = (
+            "intermediate_size",
+            "num_hidden_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+        )
+        for name in sizes:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        preset = SIZE_PRESETS[self.preset]
+        width = self.hidden_size or preset.hidden_size
+        heads = self.num_attention_heads or preset.num_attention_heads
+        kv_heads = self.num_key_value_heads or preset.num_key_value_heads
+        if width % heads or heads % kv_heads:
+            raise ValueError(
+                f"hidden_size {width}, num_attention_heads {heads}, num_key_value_heads {kv_heads}: "
+                "the heads must divide the width and the key/value heads the heads"
+            )
 
 
 def corpus_from_items(items_path: str | Path) -> list[str]:
@@ -153,7 +183,8 @@ def build(config: InitModelConfig) -> Path:
     out = init_model(
         config.output_dir, corpus, config.preset, itemic_tokens, config.seed, config.vocab_size,
         attention_dropout=config.attention_dropout, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
+        num_hidden_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
     )  # fmt: skip
     if index is not None:
         index.save(out / "item_index.json")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
+from onereason.init_model import InitModelConfig
 from onereason.item_index import ItemIndex, SIDFormat
 from onereason.modeling import build_model
 from onereason.trie import SIDTrie
@@ -126,3 +127,15 @@ def test_a_preset_field_can_be_overridden_and_none_keeps_the_presets(make_tiny_m
     assert wide.model.layers[0].mlp.up_proj.out_features == 200
     plain = build_model(tokenizer, "tiny", seed=0, intermediate_size=None)
     assert plain.config.intermediate_size == 128
+
+
+def test_the_width_and_heads_can_be_overridden_and_must_divide(make_tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(make_tiny_model())
+    wide = build_model(
+        tokenizer, "tiny", seed=0, hidden_size=96, num_attention_heads=6, num_key_value_heads=3
+    )
+    assert (wide.config.hidden_size, wide.config.head_dim) == (96, 16)
+    assert wide.get_input_embeddings().weight.shape[1] == 96
+    assert wide.model.layers[0].self_attn.k_proj.out_features == 3 * 16
+    with pytest.raises(ValueError, match="heads must divide the width"):
+        InitModelConfig(output_dir="unused", preset="tiny", hidden_size=96, num_attention_heads=5)
