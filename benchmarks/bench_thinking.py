@@ -8,6 +8,9 @@ with a short three-level trace, `recipes/quickstart/mixture_thinking.yaml`), the
 
 - **single**: one sampled trace, then 20 constrained SID beams;
 - **multi-trace**: 4 sampled traces x 5 beams each, merged by mean probability;
+- **beam-searched**: the 4 most probable traces (beam search over the think stage) x 5 beams
+  each, a SID scored by sum over traces of p(trace) p(SID | trace), p(trace) renormalised
+  over the 4 (`think_search: beam`);
 - **race**: half the beams after a trace, half without, merged by rank (`race_merge: rank`).
 
 Then GRPO in thinking mode (`recipes/quickstart/grpo_thinking.yaml`: hit, partial and
@@ -33,9 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench_thinking"
 BEAMS = 20
-INFERENCES = {  # name -> (modes, think_samples, think_temperature); the eval folder is the name's first word
-    "single": (["no_think", "think", "race"], 1, 0.6),
-    "multi-trace 4x5": (["no_think", "think", "race"], 4, 0.6),
+INFERENCES = {  # name -> (modes, think_samples, eval options); the eval folder is the name's first word
+    "single": (["no_think", "think", "race"], 1, ["--think_temperature", "0.6"]),
+    "multi-trace 4x5": (["no_think", "think", "race"], 4, ["--think_temperature", "0.6"]),
+    "beam-searched 4x5": (["no_think", "think", "race"], 4, ["--think_search", "beam"]),
 }
 QUICKSTART_TEST_USERS = 500
 
@@ -69,14 +73,12 @@ def quickstart_model(seed: int) -> tuple[Path, list[str]]:
     return out / "models" / "sft", data
 
 
-def evaluate(model: Path, data: list[str], out: Path, seed: int) -> list[dict]:
+def evaluate(model: Path, data: list[str], out: Path, seed: int, inferences: list[str]) -> list[dict]:
     rows = []
-    for inference, (modes, samples, temperature) in INFERENCES.items():
-        folder = out / "eval" / inference.split()[0]
-        report = run_eval(
-            data, [model], modes, samples, folder, seed, "--think_temperature", str(temperature)
-        )
-        rows += rows_from_report(report, inference, seed)
+    for n, inference in enumerate(inferences):
+        modes, samples, options = INFERENCES[inference]
+        report = run_eval(data, [model], modes, samples, out / "eval" / inference.split()[0], seed, *options)
+        rows += rows_from_report(report, inference, seed, plain=n == 0)
     return rows
 
 
@@ -113,14 +115,16 @@ def rl(sft: Path, data: list[str], out: Path, seed: int) -> list[dict]:
     return rows
 
 
-def rows_from_report(report: dict, inference: str, seed: int) -> list[dict]:
+def rows_from_report(report: dict, inference: str, seed: int, plain: bool = True) -> list[dict]:
+    """Table rows of one report; `plain`: with its no_think and baseline rows (the same runs in
+    every inference of a seed, so kept once)."""
     intervals = {
         c["a"]: c["metrics"]["hit@10"] for c in report["comparisons"] if c["b"].endswith("/no_think")
     }
     rows = []
     for run in report["runs"]:
-        if run["mode"] in ("no_think", "baseline") and inference != "single":
-            continue  # the same runs as the single inference's
+        if run["mode"] in ("no_think", "baseline") and not plain:
+            continue
         traces = run.get("traces") or {}
         interval = intervals.get(run["name"])
         rows.append(
@@ -176,6 +180,10 @@ def main() -> None:
     parser.add_argument("world", choices=["quickstart"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--no_rl", action="store_true", help="skip GRPO (its ~10 minutes a seed)")
+    parser.add_argument(
+        "--inferences", nargs="+", choices=list(INFERENCES), default=list(INFERENCES),
+        help="which thinking inferences to run (a finished one is read back, not rerun)",
+    )  # fmt: skip
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     store = OUT / f"{args.world}.json"
@@ -183,7 +191,7 @@ def main() -> None:
     for seed in args.seeds:
         model, data = quickstart_model(seed)
         out = OUT / f"{args.world}-seed{seed}"
-        results[str(seed)] = evaluate(model, data, out, seed) + (
+        results[str(seed)] = evaluate(model, data, out, seed, args.inferences) + (
             [] if args.no_rl else rl(model, data, out, seed)
         )
         store.write_text(json.dumps(results, indent=1))

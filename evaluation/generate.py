@@ -16,7 +16,11 @@ what comes before the SIDs:
   `num_beams`). The beams of all S searches are merged: `merge="mean_prob"` scores a SID
   by its probability averaged over the traces (a Monte-Carlo estimate of p(SID | prompt)
   with the trace marginalised out; a SID missing from a trace's beams counts 0 there),
-  `merge="max"` by its best log-probability;
+  `merge="max"` by its best log-probability. With `think_search="beam"` the S traces are
+  the S most probable ones (beam search over the think stage, nothing sampled), and
+  `mean_prob` weights each trace by its probability renormalised over the S
+  (`onereason.decoding.trace_log_weights`): sum over traces of p(trace) p(SID | trace), over
+  distinct traces, where samples at a low temperature mostly repeat the likeliest one;
 - **race**: half the beams go to thinking heads (the `think` mode's S traces, sharing
   `ceil(num_beams / 2)` beams) and half to a non-thinking head (`floor(num_beams / 2)`);
   the traces are merged among themselves as in `think`, then both sides are merged into
@@ -80,6 +84,7 @@ from evaluation.protocols import EvalExample
 from onereason.decoding import (
     BACKENDS,
     THINK_BUDGET,
+    THINK_SEARCHES,
     ThinkBlock,
     ThinkSettings,
     TwoStageDecoder,
@@ -87,6 +92,7 @@ from onereason.decoding import (
     by_beam_count,
     resolve_backend,
     split_beams,
+    trace_log_weights,
 )
 from onereason.io import atomic_write_json, atomic_write_text
 from onereason.terms import parse_answer_terms
@@ -118,6 +124,9 @@ class DecodingConfig:
     think_top_p: float = 0.95
     think_top_k: int = 20
     think_samples: int = 1
+    think_search: str = (
+        "sample"  # sample | beam: the think_samples most probable traces, weighted by p(trace)
+    )
     merge: str = "mean_prob"
     race_merge: str = "rank"
     answer: str = "sid"
@@ -139,6 +148,10 @@ class DecodingConfig:
             raise ValueError(f"answer must be one of {ANSWERS}, got {self.answer!r}")
         if self.think_backend not in BACKENDS:
             raise ValueError(f"think_backend must be one of {BACKENDS}, got {self.think_backend!r}")
+        if self.think_search not in THINK_SEARCHES:
+            raise ValueError(f"think_search must be one of {THINK_SEARCHES}, got {self.think_search!r}")
+        if self.think_search == "beam" and self.think_backend == "vllm":
+            raise ValueError("think_search beam runs on transformers: use think_backend transformers")
 
 
 def head_beams(mode: str, cfg: DecodingConfig) -> list[tuple[str, int]]:
@@ -226,8 +239,9 @@ class BeamRanker:
         """Per prompt, `think_samples` think blocks (on transformers or vLLM)."""
         cfg = self.cfg
         settings = ThinkSettings(
-            cfg.think_budget, cfg.think_temperature, cfg.think_top_p, cfg.think_top_k, cfg.think_samples
-        )
+            cfg.think_budget, cfg.think_temperature, cfg.think_top_p, cfg.think_top_k, cfg.think_samples,
+            cfg.think_search,
+        )  # fmt: skip
         sampler = None
         if self.think_backend == "vllm":
             seed = int(torch.randint(2**31 - 1, ()).item())  # from the per-shard torch seed
@@ -304,13 +318,16 @@ class BeamRanker:
         records = []
         row = 0
         for u, ex in enumerate(batch):
-            beams: list[tuple[str, str, float]] = []  # (kind of head, text, log-prob)
+            samples = traces[u] if traces else [self.decoder.empty_block()]
+            weights = iter(trace_log_weights(samples))
+            # (kind of head, text, log-prob, log-weight of its head among the heads of its kind)
+            beams: list[tuple[str, str, float, float]] = []
             for kind, k in plan:
+                weight = next(weights) if kind == "think" else 0.0
                 for r in range(row, row + k):
                     if scores[r] != -math.inf:  # else the trie had fewer SIDs than beams: padding
-                        beams.append((kind, self._tokens_text(new[r]), scores[r]))
+                        beams.append((kind, self._tokens_text(new[r]), scores[r], weight))
                 row += k
-            samples = traces[u] if traces else [self.decoder.empty_block()]
             records.append(self._record(ex, mode, samples, beams, plan, latency))
         return records
 
@@ -352,14 +369,14 @@ class BeamRanker:
         Beams of heads of one kind (the traces) are merged by `merge` over `heads[kind]`
         heads, then the kinds by the best score (see the module doc).
         """
-        per_sid: dict[tuple[str, str], list[float]] = {}
+        per_sid: dict[tuple[str, str], list[tuple[float, float]]] = {}
         n_valid = 0
-        for kind, text, score in beams:
+        for kind, text, score, weight in beams:
             sids = self.index.parse(text)
             if len(sids) != 1 or self.index.render(sids[0]) != text:
                 continue
             n_valid += 1
-            per_sid.setdefault((text, kind), []).append(score)
+            per_sid.setdefault((text, kind), []).append((score, weight))
         best: dict[str, tuple[float, str]] = {}
         for (sid, kind), sc in per_sid.items():
             merged = self._merge_scores(sc, heads[kind])
@@ -382,15 +399,18 @@ class BeamRanker:
                 fused[sid] = (score + 1.0 / (RRF_K + rank), owner, owner_rank)
         return {sid: (score, owner) for sid, (score, owner, _) in fused.items()}
 
-    def _merge_scores(self, scores: list[float], n_heads: int) -> float:
-        """One SID's log-probs from `n_heads` heads of one kind -> its merged log-prob."""
-        top = max(scores)
+    def _merge_scores(self, scored: list[tuple[float, float]], n_heads: int) -> float:
+        """One SID's (log-prob, log-weight of its head) from `n_heads` heads of one kind -> its
+        merged log-prob: `max`, its best log-prob; `mean_prob`, log sum_heads w p (a head whose
+        beams missed the SID adds 0; weights from `trace_log_weights`)."""
         if self.cfg.merge == "max" or n_heads == 1:
-            return top
-        return top + math.log(sum(math.exp(s - top) for s in scores)) - math.log(n_heads)
+            return max(s for s, _ in scored)
+        terms = [s + w for s, w in scored]
+        top = max(terms)
+        return top + math.log(sum(math.exp(x - top) for x in terms))
 
     def _ground(self, beams) -> tuple[list[str], int]:
-        queries = [(text, parse_answer_terms(text)) for _, text, _ in beams]
+        queries = [(text, parse_answer_terms(text)) for _, text, _, _ in beams]
         parsed = [q for _, q in queries if q]
         grounded = iter(self.grounder.ground_many(parsed, k=self.cfg.num_beams) if parsed else [])
         ranked: dict[str, None] = {}

@@ -3,7 +3,8 @@
 Every place that makes a recommender answer (RL rollouts, rejection sampling in unify,
 evaluation) decodes the same way, here:
 
-1. **think** (rows in `think` mode): `<think>\\n` is forced, then a trace is sampled until
+1. **think** (rows in `think` mode): `<think>\\n` is forced, then a trace is sampled (or,
+   with `ThinkSettings.search="beam"`, the most probable traces are found by beam search) until
    the model writes `</think>` or spends `think_budget` tokens, on transformers
    (`generate`) or on any `sampler(heads) -> tokens` (vLLM in RL and evaluation). A trace
    that runs out, or ends the turn early (that EOS is dropped: the answer must follow), is
@@ -31,6 +32,7 @@ generation instead (TRL syncs the policy weights), through the same `sampler` ho
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -131,19 +133,32 @@ class VllmThinkSampler:
         return [completion_ids(c, self.eos_id) for out in outputs for c in out.outputs]
 
 
+THINK_SEARCHES = ("sample", "beam")
+
+
 @dataclass(frozen=True)
 class ThinkSettings:
-    """How the think stage samples: budget, temperature / top-p / top-k, traces per prompt."""
+    """How the think stage finds its traces: budget, traces per prompt, and `search`:
+
+    - `sample` (temperature / top-p / top-k): independent draws, which may repeat one
+      another (a Monte-Carlo sample of the traces);
+    - `beam`: the `samples` most probable distinct traces by beam search, each with its
+      log-probability (`ThinkBlock.log_prob`), so a merge can weight each trace's answers by
+      how likely the trace is. Deterministic; the sampling settings are not used.
+    """
 
     budget: int = THINK_BUDGET
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     samples: int = 1
+    search: str = "sample"
 
     def __post_init__(self):
         if self.budget < 1 or self.samples < 1:
             raise ValueError(f"think budget and samples must be >= 1, got {self.budget} and {self.samples}")
+        if self.search not in THINK_SEARCHES:
+            raise ValueError(f"think search must be one of {THINK_SEARCHES}, got {self.search!r}")
 
 
 @dataclass
@@ -155,6 +170,21 @@ class ThinkBlock:
     n_sampled: int = 0
     exhausted: bool = False  # the budget ran out before `</think>`
     trace_ids: list[int] = field(default_factory=list)  # the trace itself, without tags
+    log_prob: float | None = None  # log p(trace | prompt) when beam search found it; None when sampled
+
+
+def trace_log_weights(blocks: Sequence[ThinkBlock]) -> list[float]:
+    """How much each of one prompt's traces counts when their answers are merged (log, summing to 1).
+
+    Sampled traces count alike (1/S each: the mean over a Monte-Carlo sample); traces found
+    by beam search count by their probability, renormalised over the ones found, so that
+    the merge estimates p(answer | prompt) = sum over traces of p(trace) p(answer | trace).
+    """
+    if len(blocks) > 1 and all(b.log_prob is not None for b in blocks):
+        top = max(b.log_prob for b in blocks)
+        norm = top + math.log(sum(math.exp(b.log_prob - top) for b in blocks))
+        return [b.log_prob - norm for b in blocks]
+    return [-math.log(len(blocks))] * len(blocks)
 
 
 def sid_token_length(index, tokenizer, sample: int = 1000) -> int:
@@ -247,27 +277,38 @@ class TwoStageDecoder:
             raise ValueError(f"mode must be 'think' or 'no_think', got {unknown}")
         thinking = [i for i, m in enumerate(modes) if m == "think"]
         n = settings.samples
+        scores = None
+        if sampler is not None and settings.search == "beam":
+            raise ValueError("think search 'beam' runs on transformers: an external sampler only samples")
         if sampler is not None:
             every = list(sampler([list(p) + self.open_ids for p in prompts]))
             sampled = [list(every[i * n + s])[: settings.budget] for i in thinking for s in range(n)]
         elif thinking:
+            if settings.search == "beam":
+                # length_penalty 0: a beam's score is its summed log-probability, log p(trace | prompt)
+                search = {"do_sample": False, "num_beams": n, "length_penalty": 0.0, "early_stopping": True}
+            else:
+                search = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+                search["top_k"] = settings.top_k
             config = GenerationConfig(
-                do_sample=True,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                top_k=settings.top_k,
+                **search,
                 max_new_tokens=settings.budget,
                 num_return_sequences=n,
                 eos_token_id=[self.think_close_id, *self.eos_ids],
                 pad_token_id=self.pad_id,
                 return_dict_in_generate=True,
+                output_scores=settings.search == "beam",
             )
-            sampled, _ = self.generate(model, [list(prompts[i]) + self.open_ids for i in thinking], config)
+            heads = [list(prompts[i]) + self.open_ids for i in thinking]
+            sampled, scores = self.generate(model, heads, config)
         else:
             sampled = []
         out: list[list[ThinkBlock]] = [[self.empty_block()] for _ in prompts]
         for k, i in enumerate(thinking):
             out[i] = [self.close_trace(new) for new in sampled[k * n : (k + 1) * n]]
+            if settings.search == "beam" and scores is not None:
+                for block, score in zip(out[i], scores[k * n : (k + 1) * n]):
+                    block.log_prob = score
         return out
 
     def close_trace(self, new: Sequence[int]) -> ThinkBlock:

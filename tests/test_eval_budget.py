@@ -17,7 +17,7 @@ from evaluation.metrics import mode_shares
 from evaluation.report import RunResult, comparison_pairs
 from evaluation.run import EvalConfig
 from onereason.configs import ConflictingSettings
-from onereason.decoding import split_beams
+from onereason.decoding import ThinkBlock, ThinkSettings, split_beams, trace_log_weights
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,22 @@ def test_every_mode_plans_the_non_thinking_budget():
 
 
 @pytest.mark.parametrize(
-    "mode, samples", [("no_think", 1), ("think", 1), ("think", 3), ("race", 1), ("race", 2)]
+    "mode, samples, search",
+    [
+        ("no_think", 1, "sample"),
+        ("think", 1, "sample"),
+        ("think", 3, "sample"),
+        ("race", 1, "sample"),
+        ("race", 2, "sample"),
+        ("think", 3, "beam"),
+        ("race", 2, "beam"),
+    ],
 )
-def test_each_mode_decodes_exactly_the_non_thinking_beam_budget(world, decoded, mode, samples):
+def test_each_mode_decodes_exactly_the_non_thinking_beam_budget(world, decoded, mode, samples, search):
     _, index, model, tokenizer = world
-    cfg = DecodingConfig(num_beams=7, batch_size=2, think_budget=6, think_samples=samples)
+    cfg = DecodingConfig(
+        num_beams=7, batch_size=2, think_budget=6, think_samples=samples, think_search=search
+    )
     ranker = BeamRanker(model, tokenizer, index, cfg)
     run = ranker.rank(examples(index, 3), mode)
     assert sum(decoded) == 3 * 7  # beams decoded, over every search of every batch
@@ -108,12 +119,12 @@ def test_merge_keeps_at_most_num_beams_sids_by_score_and_the_best_side_of_a_race
     ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=3, race_merge="score"))
     a, b, c, d = (index.sid_text(f"i{i}") for i in (2, 3, 4, 5))
     beams = [
-        ("think", a, -1.0),
-        ("think", b, -3.0),
-        ("no_think", a, -2.0),  # found by both sides: keeps the thinking side's better score
-        ("no_think", c, -0.5),
-        ("no_think", d, -4.0),  # fourth by score: cut at num_beams
-        ("think", "not a sid", -0.1),  # invalid: counted, not ranked
+        ("think", a, -1.0, 0.0),
+        ("think", b, -3.0, 0.0),
+        ("no_think", a, -2.0, 0.0),  # found by both sides: keeps the thinking side's better score
+        ("no_think", c, -0.5, 0.0),
+        ("no_think", d, -4.0, 0.0),  # fourth by score: cut at num_beams
+        ("think", "not a sid", -0.1, 0.0),  # invalid: counted, not ranked
     ]
     sids, scores, modes, n_valid = ranker._merge(beams, Counter(think=1, no_think=1))
     assert (sids, scores, modes, n_valid) == (
@@ -123,11 +134,65 @@ def test_merge_keeps_at_most_num_beams_sids_by_score_and_the_best_side_of_a_race
         5,
     )
     # two traces: a SID's thinking score is its probability averaged over both (0 where missing)
-    beams = [("think", a, -1.0), ("think", a, -2.0), ("think", b, -1.5), ("no_think", c, -1.2)]
+    half = -math.log(2)  # two sampled traces count alike
+    beams = [
+        ("think", a, -1.0, half),
+        ("think", a, -2.0, half),
+        ("think", b, -1.5, half),
+        ("no_think", c, -1.2, 0.0),
+    ]
     sids, scores, modes, _ = ranker._merge(beams, Counter(think=2, no_think=1))
     assert scores[sids.index(a)] == pytest.approx(math.log((math.exp(-1.0) + math.exp(-2.0)) / 2))
     assert scores[sids.index(b)] == pytest.approx(-1.5 - math.log(2))
     assert sids == [c, a, b] and modes == ["no_think", "think", "think"]  # -1.2 > log(0.25) > -2.2
+
+
+def test_traces_found_by_beam_search_are_distinct_and_scored_by_their_log_probability(world):
+    """`think_search: beam` keeps the S most probable traces, each with log p(trace | prompt)
+    under the model itself (checked against a forward pass), best first."""
+    _, index, model, tokenizer = world
+    ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=6, think_budget=5))
+    prompt = ranker.prompt_ids(examples(index, 1)[0].messages, "think")
+    settings = ThinkSettings(budget=5, samples=3, search="beam")
+    blocks = ranker.decoder.think(model, [prompt], ["think"], settings)[0]
+    assert len(blocks) == 3 and len({tuple(b.ids) for b in blocks}) == 3
+    scores = [b.log_prob for b in blocks]
+    assert scores == sorted(scores, reverse=True)
+    with pytest.raises(ValueError, match="think_search must be one of"):
+        DecodingConfig(think_search="greedy")
+    with pytest.raises(ValueError, match="think_search beam runs on transformers"):
+        DecodingConfig(think_search="beam", think_backend="vllm")
+    head = prompt + ranker.decoder.open_ids
+    for block in blocks:
+        sampled = [t for t, m in zip(block.ids, block.mask) if m]  # the trace, and its </think> if written
+        ids = torch.tensor([head + sampled])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, len(head) - 1 : -1].float(), -1)
+        assert block.log_prob == pytest.approx(
+            logp.gather(1, ids[0, len(head) :, None]).sum().item(), abs=1e-3
+        )
+
+
+def test_beam_searched_traces_weight_their_answers_by_the_trace_probability(world):
+    _, index, model, tokenizer = world
+    likely, unlikely = ThinkBlock([], [], log_prob=math.log(0.6)), ThinkBlock([], [], log_prob=math.log(0.2))
+    assert [math.exp(w) for w in trace_log_weights([likely, unlikely])] == pytest.approx([0.75, 0.25])
+    sampled = [ThinkBlock([], []), ThinkBlock([], [])]  # sampled traces count alike
+    assert trace_log_weights(sampled) == pytest.approx([-math.log(2)] * 2)
+    assert trace_log_weights([likely]) == [0.0]
+    ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=3))
+    a, b = (index.sid_text(f"i{i}") for i in (2, 3))
+    w1, w2 = trace_log_weights([likely, unlikely])
+    # b is each trace's runner-up, but its probability over the two traces beats a's,
+    # which only the unlikely trace found
+    beams = [
+        ("think", b, math.log(0.4), w1),
+        ("think", a, math.log(0.9), w2),
+        ("think", b, math.log(0.1), w2),
+    ]
+    sids, scores, _, _ = ranker._merge(beams, Counter(think=2))
+    assert sids == [b, a]
+    assert scores == pytest.approx([math.log(0.75 * 0.4 + 0.25 * 0.1), math.log(0.25 * 0.9)])
 
 
 def test_a_race_merged_by_rank_interleaves_the_two_sides_whatever_their_scores(world):
@@ -137,12 +202,12 @@ def test_a_race_merged_by_rank_interleaves_the_two_sides_whatever_their_scores(w
     ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=4))
     a, b, c, d, e = (index.sid_text(f"i{i}") for i in (2, 3, 4, 5, 6))
     beams = [
-        ("think", a, -0.1),
-        ("think", b, -0.2),
-        ("think", e, -0.3),
-        ("no_think", c, -5.0),
-        ("no_think", d, -6.0),
-        ("no_think", e, -7.0),  # third on both sides: rises above b and d
+        ("think", a, -0.1, 0.0),
+        ("think", b, -0.2, 0.0),
+        ("think", e, -0.3, 0.0),
+        ("no_think", c, -5.0, 0.0),
+        ("no_think", d, -6.0, 0.0),
+        ("no_think", e, -7.0, 0.0),  # third on both sides: rises above b and d
     ]
     sids, scores, modes, n_valid = ranker._merge(beams, Counter(think=1, no_think=1))
     assert n_valid == 6 and len(sids) == 4
