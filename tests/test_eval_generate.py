@@ -216,7 +216,7 @@ def test_term_answers_are_grounded_and_garbage_is_counted(world):
     assert parse_answer_terms("x [glassware, kind2, brand3] y") == ["glassware", "kind2", "brand3"]
     assert parse_answer_terms("no terms here") is None
     ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=3, answer="term"))
-    ranked, n_valid = ranker._ground([(0, "[glassware, kind2, brand3]", 0.0), (0, "garbage", 0.0)])
+    ranked, n_valid = ranker._ground([(0, "[glassware, kind2, brand3]", 0.0, 0.0), (0, "garbage", 0.0, 0.0)])
     assert n_valid == 1
     exact = [f"i{i}" for i in range(N_ITEMS) if i % 5 == 2 and i % 7 == 3]
     assert ranked[: len(exact)] == exact
