@@ -60,9 +60,9 @@ SIZE_PRESETS: dict[str, SizePreset] = {
     # ~1M parameters: from-scratch recommenders on a CPU. The rule: the model only has to tell
     # the catalogue's items apart and relate them, so width grows with the catalogue (and its
     # long tail), not with the text; two layers and a small BPE vocabulary because sequence
-    # rows are almost all itemic tokens. Measured: d=128 for ~1k items (the quickstart's 600);
-    # d=384 for Amazon Scientific's 4,344 (`hidden_size` override; at d=128 the model cannot
-    # memorise rare item-to-item pairs and loses the long tail); `base` beyond ~100k.
+    # rows are almost all itemic tokens. Measured: d=128 for the quickstart's 600 items and for
+    # Amazon Scientific's 4,344 (d=384, by the `hidden_size` override, learns faster but ties on
+    # test and overfits the longer schedule); `small` (d=256) up to ~100k; `base` beyond.
     "rec": SizePreset(128, 2, 4, 2, 512, vocab_size=2000, attention_dropout=0.1),
     # ~5M parameters: CPU demos and the quickstart.
     "small": SizePreset(256, 4, 4, 2, 768, vocab_size=6000),
