@@ -182,27 +182,6 @@ def init_model(
     return out
 
 
-RESIDUAL_BRANCHES = (".self_attn.o_proj", ".mlp.down_proj")  # Qwen3 / Llama / Mistral names
-
-
-def add_residual_dropout(model, p: float) -> list:
-    """Dropout on the token embeddings and on every attention and MLP output before it joins the
-    residual stream, active only while the model is in train mode; returns the hook handles.
-
-    SASRec's regulariser, which Qwen3's config lacks (its only dropout is inside attention).
-    Forward hooks, so the model saved is the plain architecture: nothing to load differently.
-    """
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"residual dropout must be in (0, 1), got {p}")
-    drop = lambda module, args, output: torch.nn.functional.dropout(output, p, module.training)  # noqa: E731
-    branches = [m for name, m in model.named_modules() if name.endswith(RESIDUAL_BRANCHES)]
-    if not branches:
-        raise ValueError(
-            f"residual dropout: no {' / '.join(RESIDUAL_BRANCHES)} modules in {type(model).__name__}"
-        )
-    return [m.register_forward_hook(drop) for m in [model.get_input_embeddings(), *branches]]
-
-
 def load_tokenizer(name_or_path: str | Path, revision: str | None = None) -> PreTrainedTokenizerBase:
     """Load a tokenizer by Hub id or local path; make sure it can pad."""
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision)

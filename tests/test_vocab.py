@@ -9,7 +9,7 @@ from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from onereason.init_model import InitModelConfig
 from onereason.item_index import ItemIndex, SIDFormat
-from onereason.modeling import add_residual_dropout, build_model
+from onereason.modeling import build_model
 from onereason.trie import SIDTrie
 from onereason.vocab import add_itemic_tokens
 
@@ -139,25 +139,3 @@ def test_the_width_and_heads_can_be_overridden_and_must_divide(make_tiny_model):
     assert wide.model.layers[0].self_attn.k_proj.out_features == 3 * 16
     with pytest.raises(ValueError, match="heads must divide the width"):
         InitModelConfig(output_dir="unused", preset="tiny", hidden_size=96, num_attention_heads=5)
-
-
-def test_residual_dropout_acts_in_training_only_and_leaves_the_saved_model_plain(make_tiny_model, tmp_path):
-    tokenizer = AutoTokenizer.from_pretrained(make_tiny_model())
-    model = build_model(tokenizer, "tiny", seed=0)
-    ids = torch.tensor([[5, 6, 7, 8]])
-    model.eval()
-    with torch.no_grad():
-        plain = model(ids).logits
-    handles = add_residual_dropout(model, 0.5)
-    assert len(handles) == 1 + 2 * model.config.num_hidden_layers  # embeddings, attention and MLP outputs
-    with torch.no_grad():
-        assert torch.equal(model(ids).logits, plain)  # eval mode: no dropout
-        model.train()
-        first, second = model(ids).logits, model(ids).logits
-    assert not torch.allclose(first, second) and not torch.allclose(first, plain)
-    model.save_pretrained(tmp_path)
-    reloaded = Qwen3ForCausalLM.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        assert torch.allclose(reloaded(ids).logits, plain, atol=1e-5)
-    with pytest.raises(ValueError, match="must be in"):
-        add_residual_dropout(model, 1.0)

@@ -18,7 +18,6 @@ import torch
 from transformers import EarlyStoppingCallback, GenerationConfig, Trainer
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from onereason.modeling import add_residual_dropout
 from onereason.sequence_loss import has_sequence_rows, label_tokens, tokenize_with_sequence_loss
 from onereason.stages.common import (
     DataArguments,
@@ -75,13 +74,6 @@ class SFTArguments:
             "within each mega-batch."
         },
     )
-    residual_dropout: float = field(
-        default=0.0,
-        metadata={
-            "help": "Dropout on the token embeddings and on each attention / MLP output before the residual add, "
-            "in training only (SASRec's regulariser; Qwen3 has only attention_dropout). 0 turns it off."
-        },
-    )
     fused_lm_head: bool = field(
         default=True,
         metadata={
@@ -90,10 +82,6 @@ class SFTArguments:
             "a from-scratch model's small vocabulary on a CPU; the entropy and token-accuracy logs are then absent."
         },
     )
-
-    def __post_init__(self):
-        if not 0.0 <= self.residual_dropout < 1.0:
-            raise ValueError(f"residual_dropout: must be in [0, 1), got {self.residual_dropout}")
 
 
 CONFIG_CLASSES = (ModelConfig, DataArguments, SFTArguments, SFTConfig)
@@ -259,8 +247,6 @@ def run(
         fused_lm_head=sft_args.fused_lm_head,
     )
     add_completions_table(trainer, sft_args, tokenizer)
-    if sft_args.residual_dropout:
-        add_residual_dropout(trainer.model, sft_args.residual_dropout)
     ranking = None
     if ranked_rows:
         ranking = RankingCallback(trainer, index, ranked_rows, sft_args.ranking_eval_beams)
