@@ -90,6 +90,7 @@ from onereason.decoding import (
     TwoStageDecoder,
     VllmThinkSampler,
     by_beam_count,
+    log_sum_exp,
     resolve_backend,
     split_beams,
     trace_log_weights,
@@ -124,9 +125,8 @@ class DecodingConfig:
     think_top_p: float = 0.95
     think_top_k: int = 20
     think_samples: int = 1
-    think_search: str = (
-        "sample"  # sample | beam: the think_samples most probable traces, weighted by p(trace)
-    )
+    # sample | beam: the think_samples most probable traces, their answers weighted by p(trace)
+    think_search: str = "sample"
     merge: str = "mean_prob"
     race_merge: str = "rank"
     answer: str = "sid"
@@ -405,9 +405,7 @@ class BeamRanker:
         beams missed the SID adds 0; weights from `trace_log_weights`)."""
         if self.cfg.merge == "max" or n_heads == 1:
             return max(s for s, _ in scored)
-        terms = [s + w for s, w in scored]
-        top = max(terms)
-        return top + math.log(sum(math.exp(x - top) for x in terms))
+        return log_sum_exp([s + w for s, w in scored])
 
     def _ground(self, beams) -> tuple[list[str], int]:
         queries = [(text, parse_answer_terms(text)) for _, text, _, _ in beams]

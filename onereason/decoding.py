@@ -173,6 +173,12 @@ class ThinkBlock:
     log_prob: float | None = None  # log p(trace | prompt) when beam search found it; None when sampled
 
 
+def log_sum_exp(values: Sequence[float]) -> float:
+    """log(sum(exp(v))), without overflow."""
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
 def trace_log_weights(blocks: Sequence[ThinkBlock]) -> list[float]:
     """How much each of one prompt's traces counts when their answers are merged (log, summing to 1).
 
@@ -181,8 +187,7 @@ def trace_log_weights(blocks: Sequence[ThinkBlock]) -> list[float]:
     the merge estimates p(answer | prompt) = sum over traces of p(trace) p(answer | trace).
     """
     if len(blocks) > 1 and all(b.log_prob is not None for b in blocks):
-        top = max(b.log_prob for b in blocks)
-        norm = top + math.log(sum(math.exp(b.log_prob - top) for b in blocks))
+        norm = log_sum_exp([b.log_prob for b in blocks])
         return [b.log_prob - norm for b in blocks]
     return [-math.log(len(blocks))] * len(blocks)
 
@@ -277,19 +282,22 @@ class TwoStageDecoder:
             raise ValueError(f"mode must be 'think' or 'no_think', got {unknown}")
         thinking = [i for i, m in enumerate(modes) if m == "think"]
         n = settings.samples
-        scores = None
+        scores = None  # beam search's log p(trace | prompt), one per trace
         if sampler is not None and settings.search == "beam":
             raise ValueError("think search 'beam' runs on transformers: an external sampler only samples")
         if sampler is not None:
             every = list(sampler([list(p) + self.open_ids for p in prompts]))
             sampled = [list(every[i * n + s])[: settings.budget] for i in thinking for s in range(n)]
         elif thinking:
-            if settings.search == "beam":
-                # length_penalty 0: a beam's score is its summed log-probability, log p(trace | prompt)
-                search = {"do_sample": False, "num_beams": n, "length_penalty": 0.0, "early_stopping": True}
+            if settings.search == "beam":  # length_penalty 0: a beam's score is log p(trace | prompt)
+                search = dict(do_sample=False, num_beams=n, length_penalty=0.0, early_stopping=True)
             else:
-                search = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
-                search["top_k"] = settings.top_k
+                search = dict(
+                    do_sample=True,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    top_k=settings.top_k,
+                )
             config = GenerationConfig(
                 **search,
                 max_new_tokens=settings.budget,

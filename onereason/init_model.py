@@ -51,10 +51,7 @@ class InitModelConfig:
     num_hidden_layers: int | None = field(default=None, metadata={"help": "Layers (default: the preset's)."})
     hidden_size: int | None = field(
         default=None,
-        metadata={
-            "help": "Model width (default: the preset's). Itemic-token embeddings this wide must tell "
-            "every item apart from its few codes: the width memorises rare item-to-item pairs."
-        },
+        metadata={"help": "Model width, also of the itemic-token embeddings (default: the preset's)."},
     )
     num_attention_heads: int | None = field(
         default=None, metadata={"help": "Attention heads (default: the preset's); must divide hidden_size."}
