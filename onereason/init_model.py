@@ -92,6 +92,11 @@ class InitModelConfig:
                 f"hidden_size {width}, num_attention_heads {heads}, num_key_value_heads {kv_heads}: "
                 "the heads must divide the width and the key/value heads the heads"
             )
+        if (width // heads) % 2:
+            raise ValueError(
+                f"hidden_size {width} / num_attention_heads {heads} = {width // heads}: "
+                "rotary embeddings need an even head size"
+            )
 
 
 def corpus_from_items(items_path: str | Path) -> list[str]:

@@ -139,3 +139,5 @@ def test_the_width_and_heads_can_be_overridden_and_must_divide(make_tiny_model):
     assert wide.model.layers[0].self_attn.k_proj.out_features == 3 * 16
     with pytest.raises(ValueError, match="heads must divide the width"):
         InitModelConfig(output_dir="unused", preset="tiny", hidden_size=96, num_attention_heads=5)
+    with pytest.raises(ValueError, match="even head size"):
+        InitModelConfig(output_dir="unused", preset="tiny", hidden_size=100, num_attention_heads=4)
