@@ -20,6 +20,16 @@ TEMPLATES_PACKAGE = "data_builders.tasks"
 PROMPT_CORPUS_WEIGHT = 200
 
 
+# preset fields the config may override, each a count >= 1 (None keeps the preset's)
+SIZE_OVERRIDES = (
+    "intermediate_size",
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
 @dataclass
 class InitModelConfig:
     output_dir: str = field(metadata={"help": "Folder to write the model and tokenizer to."})
@@ -73,14 +83,7 @@ class InitModelConfig:
             )
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"attention_dropout: must be in [0, 1), got {self.attention_dropout}")
-        sizes = (
-            "intermediate_size",
-            "num_hidden_layers",
-            "hidden_size",
-            "num_attention_heads",
-            "num_key_value_heads",
-        )
-        for name in sizes:
+        for name in SIZE_OVERRIDES:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         preset = SIZE_PRESETS[self.preset]
@@ -184,9 +187,8 @@ def build(config: InitModelConfig) -> Path:
     make_output_dir(config.output_dir, overwrite=True, what="output_dir", replaces=False)
     out = init_model(
         config.output_dir, corpus, config.preset, itemic_tokens, config.seed, config.vocab_size,
-        attention_dropout=config.attention_dropout, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
-        num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
+        attention_dropout=config.attention_dropout,
+        **{name: getattr(config, name) for name in SIZE_OVERRIDES},
     )  # fmt: skip
     if index is not None:
         index.save(out / "item_index.json")
