@@ -1,5 +1,6 @@
 """Sequence-level rows: built for every window of a user's training sequence, the loss on every
-next item's SID and on nothing else, and SFT trains on them with validation by ranking."""
+next item's SID and on nothing else, and SFT trains on them with validation by ranking. Pair
+rows: one per training transition, the last item -> the next."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ MIXTURE = """
 seed: 0
 tasks:
   - {task: rec_seq, mode: no_think, weight: 1.0}
+  - {task: rec_pair, mode: no_think, weight: 1.0}
   - {task: rec_sid, mode: no_think, weight: 1.0}
 """
 
@@ -81,6 +83,44 @@ def test_sequence_rows_only_train_one_per_window(sequence_build):
         assert row["prompt"] == twin["prompt"] and row["completion"] == twin["completion"]
     stats = json.loads((root / "tasks" / "stats.json").read_text())
     assert any(k.startswith("train/rec_seq:inside_a_longer_window") for k in stats["ineligible"])
+
+
+def test_pair_rows_show_the_last_item_of_every_train_row(sequence_build):
+    root, index, _ = sequence_build
+    ds = load_from_disk(str(root / "tasks"))
+    for split in ("validation", "test"):
+        assert "rec_pair" not in set(ds[split]["task"])
+    train = ds["train"]
+    pairs = train.filter(lambda t: t == "rec_pair", input_columns="task")
+    per_target = train.filter(lambda t: t == "rec_sid", input_columns="task")
+    assert len(pairs) == len(per_target)  # one pair row per training transition
+    twins: dict[tuple, list[dict]] = {}  # a user may repeat a transition: every row that has it
+    for r in per_target:
+        twins.setdefault((r["user_id"], r["history_items"][-1], tuple(r["target_items"])), []).append(r)
+
+    def cut_to_last(row: dict, twin: dict) -> bool:
+        """`row` is `twin` with its history cut to the last item: one SID, the same words."""
+        text, twin_text = row["prompt"][-1]["content"].split("\n"), twin["prompt"][-1]["content"].split("\n")
+        shown, last = "\n".join(text[1:-1]), index.sid_text(row["history_items"][0])
+        others = [index.sid_text(i) for i in twin["history_items"] if i != row["history_items"][0]]
+        return (
+            (text[0], text[-1]) == (twin_text[0], twin_text[-1])
+            and shown.count(last) == 1
+            and not any(sid in shown for sid in others)
+            and row["completion"] == twin["completion"]
+        )
+
+    for row in pairs.select(range(30)):
+        assert len(row["history_items"]) == 1 and row["mode"] == "no_think"
+        key = (row["user_id"], row["history_items"][0], tuple(row["target_items"]))
+        assert any(cut_to_last(row, twin) for twin in twins[key])
+
+
+def test_pair_rows_refuse_a_trace():
+    from data_builders.tasks.mixture import parse_mixture
+
+    with pytest.raises(ValueError, match="rec_pair.*no_think"):
+        parse_mixture({"tasks": [{"task": "rec_pair", "mode": "think", "weight": 1.0}]})
 
 
 def test_loss_is_on_every_next_sid_and_nothing_else(sequence_build):

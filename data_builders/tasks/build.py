@@ -50,7 +50,7 @@ from data_builders.tasks.history import HistoryStyle
 from data_builders.tasks.interests import TRUTH_FILES, read_truth, recovery_report
 from data_builders.tasks.mixture import DEFAULT_MIXTURE, MixtureEntry, load_mixture, parse_mixture
 from data_builders.tasks.perception import ITEM_TASKS, PerceptionTasks, association_pairs
-from data_builders.tasks.recommendation import REC_TASKS, RecRow
+from data_builders.tasks.recommendation import RecRow
 from data_builders.tasks.shards import (
     PAIRS_FILE,
     SHARD_FILE,
@@ -69,6 +69,7 @@ from data_builders.tasks.shards import (
 )
 from onereason.errors import InputError, UsageError
 from onereason.io import atomic_dir, atomic_write_json, atomic_write_text
+from onereason.tasks import RECOMMENDATION_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,9 @@ def check_shardable(config: BuildTasksConfig, entries: list[MixtureEntry], num_s
         return
     if config.cot == "teacher":
         raise UsageError("cot: teacher builds in one process (num_proc 1, num_shards 1, engine local)")
-    counted = [f"{e.task}/{e.mode}" for e in entries if e.task in REC_TASKS and e.count is not None]
+    counted = [
+        f"{e.task}/{e.mode}" for e in entries if e.task in RECOMMENDATION_TASKS and e.count is not None
+    ]
     if counted:
         raise UsageError(
             f"mixture entries {counted} ask for an exact count of recommendation rows, which needs every "

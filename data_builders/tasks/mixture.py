@@ -30,11 +30,10 @@ import numpy as np
 import yaml
 
 from data_builders.tasks.perception import PERCEPTION_TASKS
-from data_builders.tasks.recommendation import REC_TASKS
-from onereason.sequence_loss import SEQUENCE_TASKS
+from onereason.tasks import RECOMMENDATION_TASKS, TRAIN_ONLY_TASKS
 from onereason.thinking import MODES
 
-TASKS = REC_TASKS + PERCEPTION_TASKS
+TASKS = RECOMMENDATION_TASKS + PERCEPTION_TASKS
 DEFAULT_MIXTURE = [
     {"task": "rec_sid", "mode": "think", "weight": 0.5},
     {"task": "rec_sid", "mode": "no_think", "weight": 0.5},
@@ -101,10 +100,8 @@ def parse_mixture(data, source: str = "mixture") -> list[MixtureEntry]:
             raise ValueError(f"{where}: unknown task {task!r}; known: {', '.join(TASKS)}")
         if mode not in MODES:
             raise ValueError(f"{where}: mode must be one of {MODES}, got {mode!r}")
-        if task in SEQUENCE_TASKS and mode != "no_think":
-            raise ValueError(
-                f"{where}: {task!r} rows teach whole sequences without a trace; use mode no_think"
-            )
+        if task in TRAIN_ONLY_TASKS and mode != "no_think":
+            raise ValueError(f"{where}: {task!r} rows train without a trace; use mode no_think")
         if task in PERCEPTION_TASKS and mode != "no_think":
             raise ValueError(f"{where}: perception task {task!r} has no reasoning trace; use mode no_think")
         if ("weight" in raw) == ("count" in raw):

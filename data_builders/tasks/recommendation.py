@@ -1,6 +1,6 @@
 """Recommendation tasks: a history -> the next item(s), in TRL conversational prompt/completion form.
 
-Six tasks, one row of the split each (a user's history and what came next):
+Seven tasks, one row of the split each (a user's history and what came next):
 
 | task | answer |
 | --- | --- |
@@ -8,6 +8,9 @@ Six tasks, one row of the split each (a user's history and what came next):
 | `rec_seq` | the same row as `rec_sid` (same prompt text), built only for the train rows that end a
   user's windows (`sequence_window_ends`): SFT puts the loss on *every* SID of the row, each
   history item predicted from those before it, so one row teaches a whole training sequence |
+| `rec_pair` | the next item's SID from the last history item alone (train rows only, no trace): the
+  item-to-item transitions that co-occurrence counts, taught one pair a row so that items seen a
+  few times are remembered, not only sequences |
 | `rec_term` | its Term ID (the history is shown by Term IDs too) |
 | `rec_hybrid` | its SID then its title |
 | `rec_multi` | the next `top_k` items' SIDs, back to back (the trie decodes them one after another) |
@@ -23,10 +26,8 @@ from dataclasses import dataclass
 from data_builders.tasks.catalog import ItemCatalog
 from data_builders.tasks.history import HistoryRenderer, HistoryStyle, clip, render_terms
 from data_builders.tasks.phrasing import load_templates, pick
-from onereason.sequence_loss import SEQUENCE_TASKS
+from onereason.tasks import RECOMMENDATION_TASKS, TRAIN_ONLY_TASKS
 from onereason.thinking import format_answer, with_switch
-
-REC_TASKS = ("rec_sid", "rec_seq", "rec_term", "rec_hybrid", "rec_multi", "rec_behavior")
 
 
 def sequence_window_ends(rows: list[RecRow]) -> list[bool]:
@@ -125,15 +126,20 @@ class RecommendationTasks:
         verbs = self.templates["event_verbs"]
         return verbs.get(event.lower(), f"interact with ({event})")
 
+    @staticmethod
+    def shown_history(task: str, row: RecRow) -> list[int]:
+        """The history items a `task` row shows: a pair row shows the last one alone."""
+        return row.history[-1:] if task == "rec_pair" else row.history
+
     def user_text(self, task: str, row: RecRow, copy: int = 0) -> str:
         """The user turn without its switch: identical for both modes of one (row, copy)."""
         t = self.phrasings
         render = self.render["term" if task == "rec_term" else "sid"]
         header = pick(t["history_header"], self.seed, "header", row.key, copy)
-        phrasing = "rec_sid" if task in SEQUENCE_TASKS else task  # byte-identical to the rec_sid row
+        phrasing = "rec_sid" if task in TRAIN_ONLY_TASKS else task  # worded as the rec_sid row
         question = pick(t["question"][phrasing], self.seed, phrasing, row.key, copy)
         question = question.format(k=len(row.targets[: self.top_k]), verb=self.verb(row.event))
-        return f"{header}\n{render(row.history)}\n{question}"
+        return f"{header}\n{render(self.shown_history(task, row))}\n{question}"
 
     def answer(self, task: str, row: RecRow) -> tuple[str, list[int]]:
         c = self.catalog
@@ -150,8 +156,8 @@ class RecommendationTasks:
         return c.sid_texts[target], [target]
 
     def build(self, task: str, mode: str, row: RecRow, trace: str | None, copy: int = 0) -> dict:
-        if task not in REC_TASKS:
-            raise ValueError(f"unknown recommendation task {task!r}; known: {REC_TASKS}")
+        if task not in RECOMMENDATION_TASKS:
+            raise ValueError(f"unknown recommendation task {task!r}; known: {RECOMMENDATION_TASKS}")
         prompt = []
         if self.system_prompt:
             prompt.append(
@@ -167,7 +173,7 @@ class RecommendationTasks:
             task,
             mode,
             row.user_id,
-            [c.item_ids[i] for i in row.history],
+            [c.item_ids[i] for i in self.shown_history(task, row)],
             [c.item_ids[t] for t in targets],
             c,
             targets,

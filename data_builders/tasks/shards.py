@@ -38,9 +38,10 @@ from data_builders.tasks.interests import InterestRecovery
 from data_builders.tasks.leakage import LeakageMeter, find_leaks
 from data_builders.tasks.mixture import MixtureEntry
 from data_builders.tasks.perception import pair_counts
-from data_builders.tasks.recommendation import REC_TASKS, RecommendationTasks, RecRow, sequence_window_ends
+from data_builders.tasks.recommendation import RecommendationTasks, RecRow, sequence_window_ends
 from onereason.sequence_loss import SEQUENCE_TASKS
 from onereason.tables import SPLIT_COLUMNS
+from onereason.tasks import RECOMMENDATION_TASKS, TRAIN_ONLY_TASKS
 
 SPLIT_FILES = {"train": "train", "validation": "valid", "test": "test"}
 MESSAGES = List({"role": Value("string"), "content": Value("string")})
@@ -293,7 +294,7 @@ class ShardBuilder:
 
     def needs_every_row(self) -> bool:
         """An exact `count` of recommendation rows ranks every row; a teacher's limit and batches span rows."""
-        counted = any(e.task in REC_TASKS and e.count is not None for e in self.entries)
+        counted = any(e.task in RECOMMENDATION_TASKS and e.count is not None for e in self.entries)
         return counted or self.teacher is not None
 
     def rec_plan(self, split: str, rows: list[RecRow]) -> list[tuple[MixtureEntry, np.ndarray]]:
@@ -301,8 +302,10 @@ class ShardBuilder:
         window_ends = None
         keys = [r.key for r in rows]
         for entry in self.entries:
-            if entry.task not in REC_TASKS or (entry.task in SEQUENCE_TASKS and split != "train"):
-                continue  # sequence rows train; evaluation reads the per-target rows
+            if entry.task not in RECOMMENDATION_TASKS or (
+                entry.task in TRAIN_ONLY_TASKS and split != "train"
+            ):
+                continue  # sequence and pair rows train; evaluation reads the per-target rows
             if entry.task in SEQUENCE_TASKS and window_ends is None:
                 window_ends = sequence_window_ends(rows)
             reasons = [
