@@ -21,7 +21,9 @@ Each inference is compared with no_think on the same users (paired bootstrap, 95
 table gives trace accuracy (right on every stated criterion against the planted truth or the
 target), the hallucination rate against the history, think tokens and users/s. Results
 accumulate in `runs/bench_thinking/<world>.json`; the table (and `<world>.md`) holds every
-seed run so far, with the mean difference and the number of seeds whose interval is above 0.
+seed run so far, with the mean difference and the number of seeds whose interval is above 0,
+and Hit@10 by the time pattern of the planted interest behind each test target (long-term,
+short-term, periodic, noise): where thinking gains and where it loses.
 """
 
 from __future__ import annotations
@@ -75,11 +77,37 @@ def quickstart_model(seed: int) -> tuple[Path, list[str]]:
 
 def evaluate(model: Path, data: list[str], out: Path, seed: int, inferences: list[str]) -> list[dict]:
     rows = []
+    patterns = target_patterns(out / "data")
     for n, inference in enumerate(inferences):
         modes, samples, options = INFERENCES[inference]
-        report = run_eval(data, [model], modes, samples, out / "eval" / inference.split()[0], seed, *options)
-        rows += rows_from_report(report, inference, seed, plain=n == 0)
+        folder = out / "eval" / inference.split()[0]
+        report = run_eval(data, [model], modes, samples, folder, seed, *options)
+        for row in rows_from_report(report, inference, seed, plain=n == 0):
+            records = folder / "runs" / f"{row['name'].replace('/', '-')}.jsonl"
+            if records.exists():
+                row["by_pattern"] = hits_by_pattern(records, patterns)
+            rows.append(row)
     return rows
+
+
+def target_patterns(data_dir: Path) -> dict[str, str]:
+    """user -> the time pattern of the planted interest behind their last (test) interaction."""
+    import polars as pl
+
+    truth = pl.read_parquet(data_dir / "truth.parquet").sort(["user_id", "timestamp"])
+    last = truth.group_by("user_id", maintain_order=True).agg(pl.col("interest_id").last())
+    interests = pl.read_parquet(data_dir / "interests.parquet").select("interest_id", "pattern")
+    last = last.join(interests, on="interest_id", how="left")
+    return dict(zip(last["user_id"], last["pattern"].fill_null("noise")))
+
+
+def hits_by_pattern(records: Path, patterns: dict[str, str]) -> dict[str, list]:
+    """pattern -> [users, Hit@10] of one run's per-user records: where thinking gains or loses."""
+    hits: dict[str, list[bool]] = {}
+    for line in records.read_text().splitlines():
+        r = json.loads(line)
+        hits.setdefault(patterns[r["user_id"]], []).append(r["targets"][0] in r["ranked_items"][:10])
+    return {p: [len(h), sum(h) / len(h)] for p, h in sorted(hits.items())}
 
 
 def run_eval(
@@ -170,6 +198,21 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {mode} | {inference} | {len(group)} | {statistics.mean(r['diff'] for r in group):+.4f} | {above} |"
         )
+    split = [row for row in rows if row.get("by_pattern")]
+    names = sorted({p for row in split for p in row["by_pattern"]})
+    lines += [
+        "",
+        "Hit@10 by the planted pattern of the interest behind the test target (users):",
+        "",
+        "| seed | run | inference | " + " | ".join(names) + " |",
+        "|---" * (3 + len(names)) + "|",
+    ]
+    for row in split:
+        cells = [
+            f"{row['by_pattern'][p][1]:.3f} ({row['by_pattern'][p][0]})" if p in row["by_pattern"] else "–"
+            for p in names
+        ]
+        lines.append(f"| {row['seed']} | {row['name']} | {row['inference']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
