@@ -6,7 +6,7 @@
 `quickstart` runs the whole quickstart once per seed (the synthetic world stays the same; the
 model, alignment, SFT and GRPO seeds change) and reads its report. `scientific` builds the data
 and SIDs once (`recipes/scientific/`), then per seed: a fresh `rec`-preset model, SFT on the
-sequence rows (timed: the bar is <= 45 minutes on 2 cores), and a non-thinking evaluation of
+sequence and pair rows (timed: the bar is <= 45 minutes on 2 cores), and a non-thinking evaluation of
 *all* test users against popularity, co-occurrence and SASRec (20 beams; every row ranked to
 the same depth). Seeds may run one at a time, on different days: results accumulate in
 `runs/bench_quality/<world>.json`, and the table printed (and written to `<world>.md`) holds
@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench_quality"
@@ -82,7 +84,8 @@ def scientific(seed: int, reuse: bool = False) -> list[dict]:
         return rows_from_report(report, seed, None, sft_record(base / "sft"))
     shutil.rmtree(base, ignore_errors=True)  # this benchmark's own folder: a new run, never a resumed one
     model, sft_dir, tasks = base / "base", base / "sft", runs / "tasks-quality"
-    if not (tasks / "dataset_dict.json").exists():
+    if not has_tasks(tasks, yaml.safe_load((ROOT / SCI / "sft_cpu.yaml").read_text())["tasks"]):
+        shutil.rmtree(tasks, ignore_errors=True)  # this benchmark's own task build, from an older mixture
         onereason("build-tasks", "--config", f"{SCI}/tasks.yaml", "--out_dir", str(tasks))
     onereason(
         "init-model", "--config", f"{SCI}/model_cpu.yaml", "--output_dir", str(model), "--seed", str(seed)
@@ -99,6 +102,15 @@ def scientific(seed: int, reuse: bool = False) -> list[dict]:
     )  # fmt: skip
     report = json.loads((eval_dir / "report.json").read_text())
     return rows_from_report(report, seed, train_s, sft_record(sft_dir))
+
+
+def has_tasks(folder: Path, tasks: list[str]) -> bool:
+    """Whether a task build's train split holds rows of every task the recipe trains on."""
+    stats = folder / "stats.json"
+    if not stats.exists():
+        return False
+    built = json.loads(stats.read_text())["examples_per_task_mode"]["train"]
+    return all(any(key.startswith(f"{task}/") for key in built) for task in tasks)
 
 
 def table(rows: list[dict]) -> str:
