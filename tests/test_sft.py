@@ -55,8 +55,11 @@ def test_dataset_filters_and_caps(world):
     assert set(data["task"]) == {"rec_sid"} and set(data["mode"]) == {"think"}
     with pytest.raises(KeyError, match="no split 'dev'"):
         load_task_dataset(args, "dev")
+    stale = DataArguments(dataset_path=str(world["tasks"]), tasks=["rec_sid", "rec_multi"])
+    with pytest.raises(ValueError, match=r"\[train\] has no rows with task \['rec_multi'\]"):
+        load_task_dataset(stale, "train")  # a build from an older mixture: never train on part of it
     with pytest.raises(ValueError, match="no rows left"):
-        load_task_dataset(DataArguments(dataset_path=str(world["tasks"]), tasks=["rec_multi"]), "train")
+        load_task_dataset(DataArguments(dataset_path=str(world["tasks"]), tasks=["rec_multi"]), "validation")
 
 
 def test_sft_trains_and_writes_a_complete_model_folder(world, tmp_path):

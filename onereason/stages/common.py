@@ -112,6 +112,12 @@ def load_task_dataset(args: DataArguments, split: str, seed: int = 0) -> dataset
         if column not in data.column_names:
             raise ValueError(f"{path}[{split}] has no {column!r} column, so `{column}s` cannot filter it")
         keep = set(wanted)
+        missing = sorted(keep - set(data.unique(column)))
+        if split == "train" and missing:
+            raise ValueError(
+                f"{path}[{split}] has no rows with {column} {missing} (`{column}s` asks for them); "
+                f"rebuild it with a mixture that has them (`onereason build-tasks --mixture ...`)"
+            )
         before = len(data)
         data = data.filter(
             lambda value, keep=keep: value in keep, input_columns=column, desc=f"keep {column}s"
