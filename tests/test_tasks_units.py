@@ -103,23 +103,6 @@ def test_time_patterns():
     assert classify_pattern([0, 5, 11], 12) == ("long_term", 0)
 
 
-def test_periodic_interest_says_when_it_recurs():
-    from data_builders.tasks.cot import CotConfig
-
-    c = catalog_with_sids()
-    # The tent (item 2) every 3 interactions, at positions 0, 3, 6 of 9: it recurs next, at 9.
-    due = [2, 0, 1, 2, 0, 1, 2, 0, 1]
-    for style in ("full", "short"):
-        cot = DeterministicCot(c, CotConfig(style=style))
-        trace = cot.build(due, list(range(len(due))), targets=[3])
-        tent = next(p for p in trace.interests if p.key == ("Camping", "rugged"))
-        assert tent.pattern == "periodic" and tent.due_in(len(due)) == 0
-        assert "due next" in trace.text
-        earlier = cot.build(due[:-1], list(range(8)), targets=[3])  # a step before: one more to go
-        assert "due in 1" in earlier.text and "due next" not in earlier.text
-        assert "due in 2" in cot.build(due[:-2], list(range(7)), targets=[3]).text
-
-
 def test_trace_groups_history_and_describes_the_interest_without_the_target():
     c = catalog_with_sids()
     trace = DeterministicCot(c).build([0, 2, 1, 0, 2], [0, 1, 2, 3, 4], targets=[3])
@@ -147,7 +130,7 @@ def test_every_template_file_loads_and_lists_phrasings():
     rec, perception = load_templates("recommendation"), load_templates("perception")
     assert all(len(v) >= 2 for v in rec["question"].values())
     assert {"caption", "text2sid", "sid2term", "term2sid", "item_qa", "association"} <= set(perception)
-    assert set(load_templates("cot")) == {"derivation", "evolution", "recommendation", "short", "due"}
+    assert set(load_templates("cot")) == {"derivation", "evolution", "recommendation", "short"}
 
 
 def test_short_prompts_are_one_fixed_phrasing_for_both_row_kinds():

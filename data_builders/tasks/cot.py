@@ -7,8 +7,8 @@ The trace is built from what the history itself shows, so it can be trusted and 
   through which shared codes/attributes, and which items are noise.
 - **Evolution**: history items grouped into interest points by `interest_fields` (e.g. the
   subcategory and the style), each with its evidence (#n citations) and time pattern:
-  periodic (regular gaps, and when it recurs: "due next", "due in 2"), short-term (only in the
-  recent half), fading (gone from the last 40%), else long-term. Small variants of a bigger group (same leading fields, a third of
+  periodic (regular gaps), short-term (only in the recent half), fading (gone from the last
+  40%), else long-term. Small variants of a bigger group (same leading fields, a third of
   its size or less) fold into it: tastes are not perfectly sharp.
 - **Recommendation**: the interest the target serves (the one whose key and shared
   attributes the target matches most; ties go to the most recent) described by what its
@@ -79,10 +79,6 @@ class InterestPoint:
     shared: list[tuple[str, str]] = field(default_factory=list)
     sid_prefix: str = ""
     shared_terms: list[str] = field(default_factory=list)
-
-    def due_in(self, n: int) -> int:
-        """Periodic: interactions after the last of `n` history items until it recurs (0: next)."""
-        return self.gap - (n - self.evidence[-1])
 
 
 @dataclass
@@ -308,17 +304,10 @@ class DeterministicCot:
             if p.pattern == "periodic" and timestamps and timestamps[0] >= MIN_EPOCH_SECONDS:
                 spans = [timestamps[b] - timestamps[a] for a, b in zip(p.evidence, p.evidence[1:])]
                 days = t["days"].format(days=max(1, round(sorted(spans)[len(spans) // 2] / SECONDS_PER_DAY)))
-            due = self._due(p, n) if p.pattern == "periodic" else ""
-            pattern = t["patterns"][p.pattern].format(first=first, last=last, gap=p.gap, days=days, due=due)
+            pattern = t["patterns"][p.pattern].format(first=first, last=last, gap=p.gap, days=days)
             evidence = LIST_SEP.join(f"#{q + 1}" for q in p.evidence)
             sentences.append(t["interest"].format(j=j + 1, label=p.label, evidence=evidence, pattern=pattern))
         return " ".join(sentences)
-
-    def _due(self, point: InterestPoint, n: int) -> str:
-        """When a periodic interest comes back, counted from the history: the step of the
-        reasoning that a model answering at once must do in its head."""
-        due, k = self.templates["due"], point.due_in(n)
-        return due["now"] if k == 0 else due["later"].format(k=k) if k > 0 else due["late"]
 
     def _recommendation(self, points, chosen, matched, forbidden, target: int) -> str:
         """The chosen interest, then only what its history items share *and the target has too*:
@@ -359,11 +348,7 @@ class DeterministicCot:
         )
         if points:
             listed = [
-                t["interest"].format(
-                    label=p.label,
-                    pattern=t["patterns"][p.pattern].format(gap=p.gap, due=self._due(p, n)),
-                    count=len(p.evidence),
-                )
+                t["interest"].format(label=p.label, pattern=t["patterns"][p.pattern], count=len(p.evidence))
                 for p in points
             ]
             evolution = t["evolution"].format(interests=ITEM_SEP.join(listed))
