@@ -66,14 +66,18 @@ def sequence_build(request, tmp_path_factory, make_tiny_model):
     return root, index, model
 
 
-def test_sequence_rows_only_train_one_per_window(sequence_build):
-    root, _, _ = sequence_build
+def train_only_rows(root, task: str):
+    """The rows of a train-only `task` (checked absent from validation and test) and the per-target rows."""
     ds = load_from_disk(str(root / "tasks"))
     for split in ("validation", "test"):
-        assert "rec_seq" not in set(ds[split]["task"])
-    train = ds["train"]
-    seq = train.filter(lambda t: t == "rec_seq", input_columns="task")
-    per_target = train.filter(lambda t: t == "rec_sid", input_columns="task")
+        assert task not in set(ds[split]["task"])
+    rows_of = lambda name: ds["train"].filter(lambda t: t == name, input_columns="task")  # noqa: E731
+    return rows_of(task), rows_of("rec_sid")
+
+
+def test_sequence_rows_only_train_one_per_window(sequence_build):
+    root, _, _ = sequence_build
+    seq, per_target = train_only_rows(root, "rec_seq")
     assert 0 < len(seq) < len(per_target)
     assert len(set(seq["user_id"])) == len(set(per_target["user_id"]))  # every user has a window
     # A sequence row is the per-target row of its window's last target, byte for byte.
@@ -87,12 +91,7 @@ def test_sequence_rows_only_train_one_per_window(sequence_build):
 
 def test_pair_rows_show_the_last_item_of_every_train_row(sequence_build):
     root, index, _ = sequence_build
-    ds = load_from_disk(str(root / "tasks"))
-    for split in ("validation", "test"):
-        assert "rec_pair" not in set(ds[split]["task"])
-    train = ds["train"]
-    pairs = train.filter(lambda t: t == "rec_pair", input_columns="task")
-    per_target = train.filter(lambda t: t == "rec_sid", input_columns="task")
+    pairs, per_target = train_only_rows(root, "rec_pair")
     assert len(pairs) == len(per_target)  # one pair row per training transition
     twins: dict[tuple, list[dict]] = {}  # a user may repeat a transition: every row that has it
     for r in per_target:
