@@ -60,7 +60,7 @@ def test_dataset_filters_and_caps(world, caplog):
         assert set(load_task_dataset(stale, "train")["task"]) == {"rec_sid"}
     assert "[train] has no rows with task ['rec_multi']" in caplog.text  # said, not silently skipped
     with pytest.raises(ValueError, match="no rows left"):
-        load_task_dataset(DataArguments(dataset_path=str(world["tasks"]), tasks=["rec_multi"]), "validation")
+        load_task_dataset(DataArguments(dataset_path=str(world["tasks"]), tasks=["rec_multi"]), "train")
 
 
 def test_sft_trains_and_writes_a_complete_model_folder(world, tmp_path):

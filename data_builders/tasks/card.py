@@ -76,8 +76,8 @@ def dataset_card(config, stats: dict, dataset_dict) -> str:
         "a user's training sequence, shaped like a non-thinking `rec_sid` row, and `onereason train` "
         "(SFT) puts the loss on every SID in them, so each history item is learnt as the next item "
         "of those before it. `rec_pair` rows (train split only) show the last history item alone and "
-        "answer the next item's SID: one item-to-item transition a row. `rec_sid` rows are per target (one row per prediction, both modes); "
-        "thinking rows, RL and evaluation use them.",
+        "answer the next item's SID: one item-to-item transition a row. `rec_sid` rows are per "
+        "target (one row per prediction, both modes); thinking rows, RL and evaluation use them.",
         "## Columns",
         _table(["column", "type", "meaning"], [list(c) for c in COLUMNS]),
         "## Examples per split, task and mode",

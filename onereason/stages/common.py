@@ -113,9 +113,8 @@ def load_task_dataset(args: DataArguments, split: str, seed: int = 0) -> dataset
             raise ValueError(f"{path}[{split}] has no {column!r} column, so `{column}s` cannot filter it")
         keep = set(wanted)
         missing = sorted(keep - set(data.unique(column)))
-        if (
-            split == "train" and missing
-        ):  # a default list may name more than a mixture built; an old build too
+        # Said, not refused: a default task list may name more than one mixture builds.
+        if split == "train" and missing:
             logger.warning(
                 "%s[%s] has no rows with %s %s (`%ss` asks for them); a build from another mixture?",
                 path, split, column, missing, column,
