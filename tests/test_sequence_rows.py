@@ -1,10 +1,11 @@
 """Sequence-level rows: built for every window of a user's training sequence, the loss on every
 next item's SID and on nothing else, and SFT trains on them with validation by ranking. Pair
-rows: one per training transition, the last item -> the next."""
+rows: one per training transition and history item of the window, that item alone -> the next."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -113,6 +114,28 @@ def test_pair_rows_show_the_last_item_of_every_train_row(sequence_build):
         assert len(row["history_items"]) == 1 and row["mode"] == "no_think"
         key = (row["user_id"], row["history_items"][0], tuple(row["target_items"]))
         assert any(cut_to_last(row, twin) for twin in twins[key])
+
+
+def test_a_pair_window_adds_a_row_from_each_earlier_item(sequence_build):
+    """`pair_window: 2`: besides the last item, the second-to-last alone -> the same next item."""
+    root, _, _ = sequence_build
+    argv = ["--data_dir", str(root / "data"), "--item_index", str(root / "item_index.json")]
+    argv += ["--out_dir", str(root / "tasks-w2"), "--mixture", str(root / "mixture.yaml")]
+    argv += ["--history_text", "none", "--system_prompt", "false", "--max_history", "8"]
+    assert build_tasks_main([*argv, "--pair_window", "2"]) == 0
+    ds = load_from_disk(str(root / "tasks-w2"))["train"]
+    pairs = ds.filter(lambda t: t == "rec_pair", input_columns="task")
+    per_target = ds.filter(lambda t: t == "rec_sid", input_columns="task")
+    expected = Counter()
+    for r in per_target:
+        for item in r["history_items"][-2:]:
+            expected[(r["user_id"], item, tuple(r["target_items"]))] += 1
+    got = Counter((r["user_id"], r["history_items"][0], tuple(r["target_items"])) for r in pairs)
+    assert all(len(r["history_items"]) == 1 for r in pairs)
+    assert got == expected  # one row per (transition, item of the window), nothing else
+    assert len(pairs) > len(per_target)  # the windows of two items added rows
+    with pytest.raises(SystemExit, match="pair_window must be >= 1"):  # one line, no traceback
+        build_tasks_main([*argv, "--pair_window", "0"])
 
 
 def test_pair_rows_refuse_a_trace():

@@ -111,6 +111,13 @@ class BuildTasksConfig:
             "words it reads in every row (~15 fewer tokens a row); keep the pool for pretrained LLMs"
         },
     )
+    pair_window: int = field(
+        default=1,
+        metadata={
+            "help": "rec_pair rows per transition: one from each of the last `pair_window` history items "
+            "alone to the next item (the window co-occurrence counts); 1: the last item only"
+        },
+    )
     system_prompt: bool = field(default=True, metadata={"help": "start each prompt with a short system turn"})
     top_k: int = field(default=5, metadata={"help": "rec_multi: items per answer"})
     interest_fields: list[str] = field(
@@ -161,6 +168,8 @@ class BuildTasksConfig:
             raise ValueError("cot: teacher needs teacher_model")
         if self.teacher_fallback not in ("deterministic", "drop"):
             raise ValueError(f"teacher_fallback must be deterministic or drop, got {self.teacher_fallback!r}")
+        if self.pair_window < 1:
+            raise ValueError(f"pair_window must be >= 1, got {self.pair_window}")
         HistoryStyle(item_text=self.history_text, max_items=self.max_history)  # validates
         cot_config(self)  # validates
 

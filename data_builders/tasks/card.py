@@ -75,8 +75,9 @@ def dataset_card(config, stats: dict, dataset_dict) -> str:
         "Which rows are which: `rec_seq` rows (train split only) are sequence-level: one per window of "
         "a user's training sequence, shaped like a non-thinking `rec_sid` row, and `onereason train` "
         "(SFT) puts the loss on every SID in them, so each history item is learnt as the next item "
-        "of those before it. `rec_pair` rows (train split only) show the last history item alone and "
-        "answer the next item's SID: one item-to-item transition a row. `rec_sid` rows are per "
+        "of those before it. `rec_pair` rows (train split only) show one history item alone (the last, "
+        "or one of the last `pair_window`) and answer the next item's SID: one item-to-item "
+        "transition a row. `rec_sid` rows are per "
         "target (one row per prediction, both modes); thinking rows, RL and evaluation use them.",
         "## Columns",
         _table(["column", "type", "meaning"], [list(c) for c in COLUMNS]),

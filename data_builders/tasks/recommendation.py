@@ -8,9 +8,10 @@ Seven tasks, one row of the split each (a user's history and what came next):
 | `rec_seq` | the same row as `rec_sid` (same prompt text), built only for the train rows that end a
   user's windows (`sequence_window_ends`): SFT puts the loss on *every* SID of the row, each
   history item predicted from those before it, so one row teaches a whole training sequence |
-| `rec_pair` | the next item's SID from the last history item alone (train rows only, no trace): the
+| `rec_pair` | the next item's SID from one history item alone (train rows only, no trace): the
   item-to-item transitions that co-occurrence counts, taught one pair a row so that items seen a
-  few times are remembered, not only sequences |
+  few times are remembered, not only sequences. `pair_window` rows per transition, the k-th
+  showing the k-th last item (k = 1: the last one), as co-occurrence counts a window |
 | `rec_term` | its Term ID (the history is shown by Term IDs too) |
 | `rec_hybrid` | its SID then its title |
 | `rec_multi` | the next `top_k` items' SIDs, back to back (the trie decodes them one after another) |
@@ -90,6 +91,7 @@ class RecommendationTasks:
         seed: int = 0,
         top_k: int = 5,
         short_prompts: bool = False,
+        pair_window: int = 1,
     ):
         self.catalog = catalog
         self.style = style
@@ -107,6 +109,7 @@ class RecommendationTasks:
         self.system_prompt = system_prompt
         self.seed = seed
         self.top_k = top_k
+        self.pair_window = pair_window
         self.templates = load_templates("recommendation")
         # One fixed short header and question instead of the pool (see BuildTasksConfig.short_prompts).
         self.phrasings = self.templates["short"] if short_prompts else self.templates
@@ -126,12 +129,18 @@ class RecommendationTasks:
         verbs = self.templates["event_verbs"]
         return verbs.get(event.lower(), f"interact with ({event})")
 
-    @staticmethod
-    def shown_history(task: str, row: RecRow) -> list[int]:
-        """The history items a `task` row shows: a pair row shows the last one alone."""
-        return row.history[-1:] if task == "rec_pair" else row.history
+    def pair_offsets(self, row: RecRow) -> range:
+        """Which history items (1: the last, 2: the one before, ...) make a pair row of `row`."""
+        return range(1, min(self.pair_window, len(row.history)) + 1)
 
-    def user_text(self, task: str, row: RecRow, copy: int = 0) -> str:
+    @staticmethod
+    def shown_history(task: str, row: RecRow, offset: int = 1) -> list[int]:
+        """The history items a `task` row shows: a pair row shows the `offset`-th last one alone."""
+        if task == "rec_pair":
+            return row.history[len(row.history) - offset :][:1]
+        return row.history
+
+    def user_text(self, task: str, row: RecRow, copy: int = 0, offset: int = 1) -> str:
         """The user turn without its switch: identical for both modes of one (row, copy)."""
         t = self.phrasings
         render = self.render["term" if task == "rec_term" else "sid"]
@@ -139,7 +148,7 @@ class RecommendationTasks:
         phrasing = "rec_sid" if task in TRAIN_ONLY_TASKS else task  # worded as the rec_sid row
         question = pick(t["question"][phrasing], self.seed, phrasing, row.key, copy)
         question = question.format(k=len(row.targets[: self.top_k]), verb=self.verb(row.event))
-        return f"{header}\n{render(self.shown_history(task, row))}\n{question}"
+        return f"{header}\n{render(self.shown_history(task, row, offset))}\n{question}"
 
     def answer(self, task: str, row: RecRow) -> tuple[str, list[int]]:
         c = self.catalog
@@ -155,7 +164,9 @@ class RecommendationTasks:
             return "".join(c.sid_texts[t] for t in targets), targets
         return c.sid_texts[target], [target]
 
-    def build(self, task: str, mode: str, row: RecRow, trace: str | None, copy: int = 0) -> dict:
+    def build(
+        self, task: str, mode: str, row: RecRow, trace: str | None, copy: int = 0, offset: int = 1
+    ) -> dict:
         if task not in RECOMMENDATION_TASKS:
             raise ValueError(f"unknown recommendation task {task!r}; known: {RECOMMENDATION_TASKS}")
         prompt = []
@@ -163,7 +174,7 @@ class RecommendationTasks:
             prompt.append(
                 {"role": "system", "content": pick(self.templates["system"], self.seed, "system", row.key)}
             )
-        prompt.append({"role": "user", "content": with_switch(self.user_text(task, row, copy), mode)})
+        prompt.append({"role": "user", "content": with_switch(self.user_text(task, row, copy, offset), mode)})
         answer, targets = self.answer(task, row)
         c = self.catalog
         return example(
@@ -173,7 +184,7 @@ class RecommendationTasks:
             task,
             mode,
             row.user_id,
-            [c.item_ids[i] for i in self.shown_history(task, row)],
+            [c.item_ids[i] for i in self.shown_history(task, row, offset)],
             [c.item_ids[t] for t in targets],
             c,
             targets,

@@ -272,7 +272,7 @@ class ShardBuilder:
         self.seed = seed
         style = history_style(config)
         self.rec = RecommendationTasks(
-            catalog, style, config.system_prompt, seed, config.top_k, config.short_prompts
+            catalog, style, config.system_prompt, seed, config.top_k, config.short_prompts, config.pair_window
         )
         self.cot = DeterministicCot(catalog, cot_config(config))
         self.teacher = None
@@ -376,8 +376,10 @@ class ShardBuilder:
                     trace = traces[cache_key]
                     if trace is None:
                         continue
-                for copy in range(copies):
-                    yield self.rec.build(entry.task, entry.mode, row, trace, copy)
+                offsets = self.rec.pair_offsets(row) if entry.task == "rec_pair" else (1,)
+                for offset in offsets:
+                    for copy in range(copies):
+                        yield self.rec.build(entry.task, entry.mode, row, trace, copy, offset)
 
     def counted(self, split: str, examples: Iterator[dict]) -> Iterator[dict]:
         for ex in examples:
