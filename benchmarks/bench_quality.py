@@ -105,10 +105,14 @@ def scientific(seed: int, reuse: bool = False) -> list[dict]:
 
 
 def has_tasks(folder: Path, tasks: list[str]) -> bool:
-    """Whether a task build's train split holds rows of every task the recipe trains on."""
-    stats = folder / "stats.json"
-    if not stats.exists():
+    """Whether a task build is of today's `tasks.yaml` and its train split holds every task trained on."""
+    stats, built_config = folder / "stats.json", folder / "config.yaml"
+    if not (stats.exists() and built_config.exists()):
         return False
+    recipe = yaml.safe_load((ROOT / SCI / "tasks.yaml").read_text())
+    built = yaml.safe_load(built_config.read_text())
+    if any(built.get(key) != value for key, value in recipe.items() if key != "out_dir"):
+        return False  # built from an older recipe (another pair_window, say)
     built = json.loads(stats.read_text())["examples_per_task_mode"]["train"]
     return all(any(key.startswith(f"{task}/") for key in built) for task in tasks)
 
