@@ -110,8 +110,8 @@ def has_tasks(folder: Path, tasks: list[str]) -> bool:
     if not (stats.exists() and built_config.exists()):
         return False
     recipe = yaml.safe_load((ROOT / SCI / "tasks.yaml").read_text())
-    built = yaml.safe_load(built_config.read_text())
-    if any(built.get(key) != value for key, value in recipe.items() if key != "out_dir"):
+    built_with = yaml.safe_load(built_config.read_text())
+    if any(built_with.get(key) != value for key, value in recipe.items() if key != "out_dir"):
         return False  # built from an older recipe (another pair_window, say)
     built = json.loads(stats.read_text())["examples_per_task_mode"]["train"]
     return all(any(key.startswith(f"{task}/") for key in built) for task in tasks)

@@ -129,15 +129,16 @@ class RecommendationTasks:
         verbs = self.templates["event_verbs"]
         return verbs.get(event.lower(), f"interact with ({event})")
 
-    def pair_offsets(self, row: RecRow) -> range:
-        """Which history items (1: the last, 2: the one before, ...) make a pair row of `row`."""
-        return range(1, min(self.pair_window, len(row.history)) + 1)
+    def offsets(self, task: str, row: RecRow) -> range:
+        """One row of `task` per offset: a pair row per history item of the window (1: the last,
+        2: the one before, ...), every other task one row."""
+        return range(1, min(self.pair_window, len(row.history)) + 1) if task == "rec_pair" else range(1, 2)
 
     @staticmethod
     def shown_history(task: str, row: RecRow, offset: int = 1) -> list[int]:
         """The history items a `task` row shows: a pair row shows the `offset`-th last one alone."""
         if task == "rec_pair":
-            return row.history[len(row.history) - offset :][:1]
+            return row.history[-offset:][:1]
         return row.history
 
     def user_text(self, task: str, row: RecRow, copy: int = 0, offset: int = 1) -> str:

@@ -376,8 +376,7 @@ class ShardBuilder:
                     trace = traces[cache_key]
                     if trace is None:
                         continue
-                offsets = self.rec.pair_offsets(row) if entry.task == "rec_pair" else (1,)
-                for offset in offsets:
+                for offset in self.rec.offsets(entry.task, row):
                     for copy in range(copies):
                         yield self.rec.build(entry.task, entry.mode, row, trace, copy, offset)
 
