@@ -3,15 +3,20 @@
     python benchmarks/bench_thinking.py quickstart --seeds 0 1 2    # the synthetic world, 500 test users
 
 One model per seed is trained in both modes (sequence rows without thinking plus windowed rows
-with a short three-level trace, `recipes/quickstart/mixture_thinking.yaml`), then evaluated at
-20 SID beams per user in every inference:
+with a short three-level trace, `recipes/quickstart/mixture_thinking.yaml`; the history numbered
+by how long ago each item was, the numbers the trace's timing uses), then evaluated at 20 SID
+beams per user in every inference (`--num_hidden_layers N`, `--mixture`: another model or
+mixture, kept apart under `--variant NAME` in `quickstart-seed<k>-NAME`):
 
 - **single**: one sampled trace, then 20 constrained SID beams;
 - **multi-trace**: 4 sampled traces x 5 beams each, merged by mean probability;
 - **beam-searched**: the 4 most probable traces (beam search over the think stage) x 5 beams
   each, a SID scored by sum over traces of p(trace) p(SID | trace), p(trace) renormalised
   over the 4 (`think_search: beam`);
-- **race**: half the beams after a trace, half without, merged by rank (`race_merge: rank`).
+- **race**: half the beams after a trace, half without, merged by rank (`race_merge: rank`);
+- **builder-written**: the task builder's trace of the history instead of a sampled one
+  (`trace_source: history`): what a right trace is worth to the model (the ceiling of
+  teaching it to write them).
 
 Then GRPO in thinking mode (`recipes/quickstart/grpo_thinking.yaml`: hit, partial and
 trace-consistency rewards, KL to the SFT model) starts from that model, and its thinking run
@@ -42,23 +47,26 @@ INFERENCES = {  # name -> (modes, think_samples, eval options); the eval folder 
     "single": (["no_think", "think", "race"], 1, ["--think_temperature", "0.6"]),
     "multi-trace 4x5": (["no_think", "think", "race"], 4, ["--think_temperature", "0.6"]),
     "beam-searched 4x5": (["no_think", "think", "race"], 4, ["--think_search", "beam"]),
+    "builder-written": (["no_think", "think", "race"], 1, ["--trace_source", "history"]),
 }
 QUICKSTART_TEST_USERS = 500
+MIXTURE = "recipes/quickstart/mixture_thinking.yaml"
 
 
 def onereason(*argv: str) -> None:
     subprocess.run([sys.executable, "-m", "onereason.cli", *argv], cwd=ROOT, check=True)
 
 
-def quickstart_model(seed: int) -> tuple[Path, list[str]]:
+def quickstart_model(seed: int, variant: str = "", layers: int | None = None, mixture: str = MIXTURE):
     """Train the quickstart world's model with short traces; (model, eval data arguments)."""
     sys.path.insert(0, str(ROOT))
     from onereason.quickstart import seeded, steps
 
-    out = OUT / f"quickstart-seed{seed}"
+    out = OUT / f"quickstart-seed{seed}{variant}"
+    model_overrides = ["--num_hidden_layers", str(layers)] if layers else []
     tasks_overrides = [
-        "--trace_style", "short", "--eval_max_rows", str(QUICKSTART_TEST_USERS),
-        "--mixture", "recipes/quickstart/mixture_thinking.yaml",
+        "--trace_style", "short", "--eval_max_rows", str(QUICKSTART_TEST_USERS), "--mixture", mixture,
+        "--history_numbered", "true", "--history_countdown", "true",
     ]  # fmt: skip
     for name, command, argv in seeded(steps(out, ROOT / "recipes" / "quickstart"), seed):
         if name in ("grpo", "eval"):
@@ -66,7 +74,8 @@ def quickstart_model(seed: int) -> tuple[Path, list[str]]:
         done = out / f".bench-{name}"
         if done.exists():
             continue
-        onereason(command, *argv, *(tasks_overrides if name == "tasks" else []))
+        overrides = {"tasks": tasks_overrides, "model": model_overrides}.get(name, [])
+        onereason(command, *argv, *overrides)
         done.touch()
     data = [
         "--config", "recipes/quickstart/eval.yaml", "--data_path", str(out / "tasks"),
@@ -227,20 +236,30 @@ def main() -> None:
         "--inferences", nargs="+", choices=list(INFERENCES), default=list(INFERENCES),
         help="which thinking inferences to run (a finished one is read back, not rerun)",
     )  # fmt: skip
+    parser.add_argument(
+        "--num_hidden_layers", type=int, default=None,
+        help="layers of the from-scratch model (default: the quickstart preset's 2)",
+    )  # fmt: skip
+    parser.add_argument("--mixture", default=MIXTURE, help="the task mixture the model is trained on")
+    parser.add_argument(
+        "--variant", default="",
+        help="a name for runs that change the model or mixture: their folders and tables are kept apart",
+    )  # fmt: skip
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    store = OUT / f"{args.world}.json"
+    variant = f"-{args.variant}" if args.variant else ""
+    store = OUT / f"{args.world}{variant}.json"
     results = json.loads(store.read_text()) if store.exists() else {}
     for seed in args.seeds:
-        model, data = quickstart_model(seed)
-        out = OUT / f"{args.world}-seed{seed}"
+        model, data = quickstart_model(seed, variant, args.num_hidden_layers, args.mixture)
+        out = model.parents[1]
         results[str(seed)] = evaluate(model, data, out, seed, args.inferences) + (
             [] if args.no_rl else rl(model, data, out, seed)
         )
         store.write_text(json.dumps(results, indent=1))
     rows = [row for seed in sorted(results, key=int) for row in results[seed]]
     text = table(rows)
-    (OUT / f"{args.world}.md").write_text(text + "\n")
+    (OUT / f"{args.world}{variant}.md").write_text(text + "\n")
     print(text)
 
 

@@ -34,6 +34,11 @@ what comes before the SIDs:
   the mode it ranked best in, or whose score it kept (`ranked_modes`), and the report gives
   the share of each mode in the top-10 (`evaluation.metrics.mode_shares`).
 
+`trace_source="history"` puts the task builder's short trace of the user's history in the
+think block instead of a sampled one (`evaluation.traces.history_tracer`; a short trace reads
+the history only, never the target), and the model writes only the SIDs after it: what a
+*right* trace is worth to this model, the ceiling of teaching it to write its own.
+
 Both stages run on `onereason.decoding.TwoStageDecoder`, the decoder RL rollouts use too.
 SID answers are decoded by `onereason.sid_beam.constrained_beam_search`, which encodes each
 head (prompt, or prompt + think block) once and copies its KV cache to the beams, instead
@@ -73,7 +78,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,6 +111,10 @@ EVAL_MODES = ("no_think", "think", "race")
 TRACE_MODES = ("think", "race")  # the modes that sample traces
 MERGES = ("mean_prob", "max")
 RACE_MERGES = ("rank", "score")
+TRACE_SOURCES = (
+    "model",
+    "history",
+)  # who writes the trace: the model samples it, or the builder reads the history
 RRF_K = 60  # reciprocal-rank fusion's usual constant: ranks 1 and 2 differ little, so sides interleave
 ANSWERS = ("sid", "term")
 EVALUATE_WITH_ITS_INDEX = "evaluate with the index the model was trained with"
@@ -127,6 +136,8 @@ class DecodingConfig:
     think_samples: int = 1
     # sample | beam: the think_samples most probable traces, their answers weighted by p(trace)
     think_search: str = "sample"
+    # model | history: the builder's trace of the history, nothing sampled (module doc)
+    trace_source: str = "model"
     merge: str = "mean_prob"
     race_merge: str = "rank"
     answer: str = "sid"
@@ -152,6 +163,10 @@ class DecodingConfig:
             raise ValueError(f"think_search must be one of {THINK_SEARCHES}, got {self.think_search!r}")
         if self.think_search == "beam" and self.think_backend == "vllm":
             raise ValueError("think_search beam runs on transformers: use think_backend transformers")
+        if self.trace_source not in TRACE_SOURCES:
+            raise ValueError(f"trace_source must be one of {TRACE_SOURCES}, got {self.trace_source!r}")
+        if self.trace_source == "history" and self.think_samples != 1:
+            raise ValueError("trace_source history writes one trace per user: use think_samples 1")
 
 
 def head_beams(mode: str, cfg: DecodingConfig) -> list[tuple[str, int]]:
@@ -180,8 +195,19 @@ class BeamRanker:
     """Ranks catalogue items for chat prompts with one model, tokenizer and item index."""
 
     def __init__(
-        self, model, tokenizer, index, cfg: DecodingConfig, trie=None, model_path: str | None = None
+        self,
+        model,
+        tokenizer,
+        index,
+        cfg: DecodingConfig,
+        trie=None,
+        model_path: str | None = None,
+        history_trace: Callable[[Sequence[str]], str] | None = None,
     ):
+        """`history_trace(history item ids)`: the trace of `trace_source="history"`."""
+        if cfg.trace_source == "history" and history_trace is None:
+            raise ValueError("trace_source history needs a history_trace (the task build's trace builder)")
+        self.history_trace = history_trace
         self.model = model
         self.tokenizer = tokenizer
         self.index = index
@@ -306,7 +332,12 @@ class BeamRanker:
         # each kind of head reads the prompt with its own switch, as its single-mode run does
         kinds = dict.fromkeys(kind for kind, _ in plan)
         prompts = {kind: [self.prompt_ids(ex.messages, kind) for ex in batch] for kind in kinds}
-        traces = self._think(prompts["think"]) if "think" in prompts else None
+        if "think" not in prompts:
+            traces = None
+        elif self.cfg.trace_source == "history":
+            traces = [[self.decoder.written_block(self.history_trace(ex.history))] for ex in batch]
+        else:
+            traces = self._think(prompts["think"])
         heads = []
         for u in range(len(batch)):
             blocks = iter(traces[u] if traces else [])
@@ -543,11 +574,12 @@ def evaluate_checkpoint(
     dtype: str = "auto",
     progress: bool = True,
     model_and_tokenizer=None,
+    history_trace: Callable[[Sequence[str]], str] | None = None,
 ) -> tuple[list[dict], float]:
     """(run records, generation wall seconds) of one checkpoint in one mode.
 
     `index` may be None (read from the checkpoint). Pass `model_and_tokenizer` to reuse a
-    loaded model across modes.
+    loaded model across modes; `history_trace` for `trace_source="history"` (`BeamRanker`).
     """
     from accelerate import PartialState
 
@@ -562,5 +594,5 @@ def evaluate_checkpoint(
     model, tokenizer = model_and_tokenizer
     model.eval()
     check_itemic_tokens(tokenizer, index, f"tokenizer of {model_path}", EVALUATE_WITH_ITS_INDEX)
-    ranker = BeamRanker(model, tokenizer, index, cfg, model_path=str(model_path))
+    ranker = BeamRanker(model, tokenizer, index, cfg, model_path=str(model_path), history_trace=history_trace)
     return generate_run(ranker, examples, mode, run_path, shard_size, str(model_path), progress)

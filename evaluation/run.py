@@ -55,7 +55,7 @@ from evaluation.protocols import (
 )
 from evaluation.report import RunResult, write_report
 from evaluation.sasrec import sasrec_baseline
-from evaluation.traces import TraceScorer, trace_quality
+from evaluation.traces import TraceScorer, history_tracer, trace_quality
 from onereason.configs import prefer
 from onereason.consistency import (
     SafetyArguments,
@@ -354,6 +354,15 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
         loaded = load_model_and_tokenizer(model_path, dtype=cfg.dtype, device=cfg.device or _default_device())
         thinking = any(m in TRACE_MODES for m in cfg.modes)
         scorer = TraceScorer.from_folder(this_index, build_data_folder(cfg)) if thinking else None
+        tracer = None
+        if thinking and decoding.trace_source == "history":
+            built = Path(cfg.data_path) / "config.yaml"
+            if build_data_folder(cfg) is None or not built.is_file():
+                raise ValueError(
+                    f"trace_source history needs a task dataset (its config.yaml) and its build-data folder: "
+                    f"{cfg.data_path} has no {'config.yaml' if not built.is_file() else 'items table'}"
+                )
+            tracer = history_tracer(this_index, build_data_folder(cfg), built)
         for mode in cfg.modes:
             run, wall = evaluate_checkpoint(
                 model_path,
@@ -364,6 +373,7 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
                 out / "runs" / f"{name}-{mode}.jsonl",
                 cfg.shard_size,
                 model_and_tokenizer=loaded,
+                history_trace=tracer,
             )
             traces = trace_quality(run, scorer, histories, k_top) if mode in TRACE_MODES else None
             shares = mode_shares(run, k_top) if mode == "race" else None

@@ -5,7 +5,8 @@ describes the recent items (`#n (words; codes P)`) and how they relate, an Evolu
 lists interest points with their evidence (`(j) label: #a, #b; pattern`), and a
 Recommendation that names the interest the next item serves and what to expect of it
 (attributes, SID prefix, Term-ID words); or its short style (`latest words; …`, interests as
-`label (pattern, n items)`, `interest label`, the first SID token). `read_trace` reads those
+`label (pattern, 3 6 ago)`, then `interest label, due now` with its latest item's SID and the
+first SID token, or "none is due"). `read_trace` reads those
 statements back with the phrasings of `templates/cot.yaml` and the joins of cot.py, so the
 reader follows the writer.
 Nothing here raises on model output: what does not parse is not stated, and a trace without
@@ -23,6 +24,9 @@ criterion is right, wrong or not stated:
 - `interest` (synthetic world only: `truth.parquet` records the planted interest behind every
   interaction): the chosen interest's label names the interest behind the target (its
   subcategory and style). A trace that chooses no interest is wrong; noise targets are not scored.
+  A short trace that says none is due chooses nothing: `interest` is not stated, `due` is;
+- `due` (synthetic world, short traces): the trace's Recommendation says an interest is due
+  exactly when the target came from a periodic interest, and then names that one.
 
 Category and attributes need the items table, terms need Term IDs in the index, interest
 needs the ground truth: a criterion without its data is left out, not guessed. A trace is
@@ -35,6 +39,9 @@ is hallucinated when the history does not hold it:
 - a described item `#n (words; codes P)`: item n has each word as a value, its SID starts with P;
 - a relation `#a relates to #b (shared: …)`: both items have each shared value and prefix;
 - an interest point's label: each value belongs to one of its evidence items;
+- a due interest's item (`It comes back like <SID>`): some history item has that SID;
+- a short interest's timing (`3 6 ago`): each item that many ago exists and has the label's
+  first value (its category: a short interest folds in the category's other styles);
 - the chosen (or fallback) interest's label values, expected attributes, SID prefix and
   Term-ID words: some history item has them.
 
@@ -48,7 +55,7 @@ import functools
 import re
 import string
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,13 +67,14 @@ from data_builders.tasks.cot import (
     NO_WORDS,
     SHARED_PREFIX,
     UNNAMED_INTEREST,
+    DeterministicCot,
     section_texts,
 )
 from data_builders.tasks.interests import PlantedInterests, read_truth
 from data_builders.tasks.phrasing import load_templates
 from evaluation.metrics import compute_metrics
 
-CRITERIA = ("sid_prefix", "category", "attributes", "terms", "interest")
+CRITERIA = ("sid_prefix", "category", "attributes", "terms", "interest", "due")
 
 
 # ---------------------------------------------------------------------- reading a trace
@@ -84,7 +92,10 @@ class StatedTrace:
     interests: list[tuple[str, list[int] | None]] = field(
         default_factory=list
     )  # (label, evidence #n; None: short)
+    ago: list[list[int]] = field(default_factory=list)  # short style: each interest's "3 6 ago"
     chosen_label: str | None = None  # the interest the next item serves
+    due: bool | None = None  # short style: True "interest X, due now", False "none is due"
+    due_item: str | None = None  # short style: the SID of "It comes back like <SID>"
     fallback_label: str | None = None  # "no interest clearly continues; the most recent is …"
     attributes: str = ""  # "Expect an item with …"
     prefix: str | None = None  # "Its SID likely starts with …"
@@ -114,9 +125,10 @@ def _patterns() -> dict[str, re.Pattern]:
     return {
         "short_derivation": _sentence(short["derivation"]),
         "short_evolution": _sentence(short["evolution"]),
-        "short_interest": _sentence(short["interest"], end=False, pattern=pattern, count=number),
-        "short_chosen": _sentence(short["chosen"]),
-        "short_fallback": _sentence(short["fallback"]),
+        "short_interest": _sentence(short["interest"], end=False, pattern=pattern, ago=r"\d+(?: \d+)*"),
+        "short_due": _sentence(short["due"]),
+        "short_due_item": _sentence(short["due_item"]),
+        "short_open": _sentence(short["open"]),
         "opening": _sentence(d["opening"]),
         "item": re.compile(
             _sentence(d["item"], end=False, n=number, what=r"\((?P<words>.*?)\)").pattern
@@ -161,10 +173,13 @@ def read_trace(text: object) -> StatedTrace:
         (m.group("label"), _numbers(m.group("evidence"))) for m in p["interest"].finditer(evolution)
     ]
     _read_short(out, derivation, evolution, p)
-    names = ("chosen", "fallback", "expect", "prefix", "terms", "short_chosen", "short_fallback")
+    names = ("chosen", "fallback", "expect", "prefix", "terms", "short_due", "short_due_item", "short_open")
     found = {name: p[name].search(recommendation) for name in names}
-    chosen = found["chosen"] or found["short_chosen"]
-    fallback = found["fallback"] or found["short_fallback"]
+    chosen = found["chosen"] or found["short_due"]
+    fallback = found["fallback"]
+    if found["short_due"] or found["short_open"]:
+        out.due = bool(found["short_due"])
+    out.due_item = found["short_due_item"].group("sid") if found["short_due_item"] else None
     out.chosen_label = chosen.group("label") if chosen else None
     out.fallback_label = fallback.group("label") if fallback else None
     out.attributes = found["expect"].group("attributes") if found["expect"] else ""
@@ -184,6 +199,7 @@ def _read_short(out: StatedTrace, derivation: str, evolution: str, p: dict[str, 
             m = p["short_interest"].fullmatch(piece)
             if m:
                 out.interests.append((m.group("label"), None))
+                out.ago.append([int(k) for k in m.group("ago").split()])
 
 
 # ---------------------------------------------------------------------- scoring one trace
@@ -253,6 +269,7 @@ class TraceScorer:
             "attributes": self.has_values,
             "terms": self.has_terms,
             "interest": self.planted is not None,
+            "due": self.planted is not None,
         }
         return [c for c in CRITERIA if have[c]]
 
@@ -329,7 +346,14 @@ class TraceScorer:
         planted = self.planted.behind(user_id, history, target) if self.planted is not None else None
         if planted is not None:
             named = set(self._split(stated.chosen_label))
-            out["interest"] = {planted["subcategory"], planted["style"]} <= named
+            out["interest"] = (
+                None if stated.due is False else {planted["subcategory"], planted["style"]} <= named
+            )
+        if self.planted is not None:
+            periodic = planted is not None and planted["pattern"] == "periodic"
+            out["due"] = (
+                None if stated.due is None else stated.due == periodic and (not periodic or out["interest"])
+            )
         return out
 
     # -- against the history ---------------------------------------------------------
@@ -372,8 +396,15 @@ class TraceScorer:
                 any(self._values(h).get(n) == v for h in history)
                 for n, v in self._attributes(stated.attributes)
             ]
+        for (label, _), lags in zip([i for i in stated.interests if i[1] is None], stated.ago):
+            leading = self._label_values(label)[:1] if self.has_values else []
+            for k in lags:  # the item k ago exists and is on the label's leading value (its category)
+                lagged = history[-k] if 1 <= k <= len(history) else None
+                checks.append(lagged is not None and all(v in self._values(lagged).values() for v in leading))
         if stated.prefix is not None:
             checks.append(any(self._starts(stated.prefix, h) for h in history))
+        if stated.due_item is not None:
+            checks.append(any(self.index.sid_text(h) == stated.due_item for h in history))
         if self.has_terms:
             terms = {t for h in history for t in self.index.terms(h)}
             checks += [t in terms for t in stated.terms]
@@ -444,6 +475,7 @@ NOT_SCORED = {
     "attributes": "no items table (items.parquet) beside the data",
     "terms": "the item index has no Term IDs",
     "interest": "no ground truth: only the synthetic world records the interest behind each interaction",
+    "due": "no ground truth: only the synthetic world records which interests are periodic",
 }
 
 
@@ -460,3 +492,40 @@ def _criterion(c: Counter) -> dict:
 def _hit(records: list[Mapping], k: int) -> dict:
     value = compute_metrics(records, (k,), "item").means[f"hit@{k}"] if records else None
     return {"users": len(records), "value": value}
+
+
+# ---------------------------------------------------------------------- the builder's trace at inference
+
+
+def history_tracer(
+    index, data_folder: str | Path, tasks_config: str | Path
+) -> Callable[[Sequence[str]], str]:
+    """history (item ids, oldest first) -> the short trace the task build writes for it.
+
+    A short trace reads only the history (the Recommendation says which interest is due, or
+    that none is), so the builder can write it at inference, with no target to guard: this is
+    the trace a model that learnt the builder without a slip would write (`onereason eval
+    --trace_source history`). `tasks_config` is the task build's `config.yaml`.
+    """
+    import yaml
+
+    from data_builders.tasks.build import BuildTasksConfig
+    from data_builders.tasks.shards import cot_config
+    from onereason.tables import read_items
+
+    settings = yaml.safe_load(Path(tasks_config).read_text()) or {}
+    known = BuildTasksConfig.__dataclass_fields__
+    config = BuildTasksConfig(**{k: v for k, v in settings.items() if k in known})
+    if config.trace_style != "short":
+        raise ValueError(
+            f"{tasks_config}: trace_source history needs a task build with trace_style short "
+            f"(this one is {config.trace_style!r}: a full trace names the interest the target serves)"
+        )
+    catalog = build_catalog(read_items(data_folder), index)
+    cot = DeterministicCot(catalog, cot_config(config))
+
+    def trace(history: Sequence[str]) -> str:
+        shown = [catalog.position[h] for h in history if h in catalog.position][-config.max_history :]
+        return cot.build(shown, None, []).text if shown else ""
+
+    return trace

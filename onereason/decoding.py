@@ -261,6 +261,15 @@ class TwoStageDecoder:
     def empty_block(self) -> ThinkBlock:
         return ThinkBlock(list(self.empty_think_ids), [0] * len(self.empty_think_ids))
 
+    def written_block(self, trace: str) -> ThinkBlock:
+        """A think block holding `trace` as written elsewhere (nothing sampled), tokenized as
+        SFT reads the same text."""
+        ids = self.tokenizer(f"{THINK_OPEN}\n{trace.strip()}\n{THINK_CLOSE}\n\n", add_special_tokens=False)[
+            "input_ids"
+        ]
+        trace_ids = self.tokenizer(trace.strip(), add_special_tokens=False)["input_ids"]
+        return ThinkBlock(ids, [0] * len(ids), trace_ids=trace_ids)
+
     def think(
         self,
         model,

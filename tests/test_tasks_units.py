@@ -150,3 +150,19 @@ def test_short_prompts_are_one_fixed_phrasing_for_both_row_kinds():
     assert row["prompt"][-1]["content"].startswith("History:\n") and row["completion"][-1][
         "content"
     ].endswith(c.sid_texts[3])
+
+
+def test_a_countdown_history_numbers_each_item_by_how_long_ago_it_was():
+    from data_builders.tasks.build import BuildTasksConfig
+    from data_builders.tasks.history import HistoryStyle, render_history
+
+    c = catalog_with_sids()
+    lines = render_history(c, [0, 1, 2], HistoryStyle("sid", "none", numbered=True, countdown=True))
+    assert lines.splitlines() == [f"3. {c.sid_texts[0]}", f"2. {c.sid_texts[1]}", f"1. {c.sid_texts[2]}"]
+    ascending = render_history(c, [0, 1, 2], HistoryStyle("sid", "none"))
+    assert ascending.splitlines()[0] == f"1. {c.sid_texts[0]}"
+    with pytest.raises(ValueError, match="numbered"):
+        HistoryStyle("sid", "none", numbered=False, countdown=True)
+    with pytest.raises(ValueError, match="trace_style short"):  # full traces cite #n from the oldest
+        BuildTasksConfig(history_countdown=True)
+    assert BuildTasksConfig(history_countdown=True, trace_style="short").history_countdown

@@ -47,9 +47,9 @@ def test_an_answer_is_rewarded_for_following_its_traces_prefix_and_only_then():
     assert reward(completions, RewardContext(item_index=INDEX)) == [1.0, 0.0, 0.0, None, None]
 
 
-def test_the_builders_short_trace_commits_to_the_targets_first_code():
-    """A trace the task builder writes states the first code of its target's SID: the reward
-    reads exactly that code back, so a model imitating the builder scores 1."""
+def test_the_builders_short_trace_commits_to_the_due_interests_first_code():
+    """A short trace the task builder writes for a due interest states the first code its items
+    share: the reward reads exactly that code back, so a model answering under it scores 1."""
     import pyarrow as pa
 
     items = pa.table(
@@ -61,7 +61,7 @@ def test_the_builders_short_trace_commits_to_the_targets_first_code():
         }
     )
     catalog = build_catalog(items, INDEX)
-    history = [catalog.position[i] for i in ("a", "c", "a", "c", "a")]
+    history = [catalog.position[i] for i in ("a", "c", "a", "c")]  # a every 2 items, last 2 ago: due
     trace = DeterministicCot(catalog, CotConfig(style="short")).build(history, None, [catalog.position["b"]])
     assert stated_prefix(trace.text, INDEX) == (3,)
     completion = [{"role": "assistant", "content": format_answer(SID["b"], trace.text)}]

@@ -54,7 +54,7 @@ def trace_for(catalog, history: list[str], target: str) -> str:
     return DeterministicCot(catalog).build(pos, list(range(len(pos))), [catalog.position[target]]).text
 
 
-def test_a_short_trace_states_the_same_choice_in_a_few_words_and_is_read_back(shop):
+def test_a_short_trace_states_each_interests_timing_and_leaves_an_undecided_choice_open(shop):
     _, index, catalog = shop
     pos = [catalog.position[i] for i in HISTORY]
     full = DeterministicCot(catalog).build(pos, list(range(len(pos))), [catalog.position["d"]])
@@ -63,20 +63,47 @@ def test_a_short_trace_states_the_same_choice_in_a_few_words_and_is_read_back(sh
     )
     assert short.text.splitlines() == [
         "Derivation: latest Tent, rugged; Tent, rugged; Beaker, minimalist; Flask, minimalist.",
-        "Evolution: Glassware, minimalist (fading, 3 items); Camping, rugged (long-term, 3 items).",
-        "Recommendation: interest Glassware, minimalist. Its SID likely starts with <s_a_1>.",
+        "Evolution: Glassware, minimalist (fading, 3 4 6 ago); Camping, rugged (long-term, 1 2 5 ago).",
+        "Recommendation: none is due; the recent interests go on.",
     ]
+    assert short.chosen is None  # the full trace names the target's interest; no item gap is regular here
     assert len(short.text) < len(full.text) / 2 and "#" not in short.text
     stated = read_trace(short.text)
-    assert stated.well_formed and stated.chosen_label == read_trace(full.text).chosen_label
-    assert stated.latest[0] == "Tent, rugged" and stated.prefix == "<s_a_1>"
+    assert stated.well_formed and stated.due is False and stated.chosen_label is None
+    assert stated.latest[0] == "Tent, rugged" and stated.ago == [[3, 4, 6], [1, 2, 5]]
     assert [label for label, _ in stated.interests] == ["Glassware, minimalist", "Camping, rugged"]
     scorer = TraceScorer(index, catalog)
     verdict = scorer.score(short.text, HISTORY, "d")
-    assert verdict.right and verdict.hallucinated == 0
+    assert verdict.hallucinated == 0 and verdict.cited == 18
+    assert not verdict.right  # it states nothing about the target: nothing to be right about
+    # the item 3 ago is a flask, not camping gear: a timing that cites it for camping is made up
+    moved = scorer.score(short.text.replace("long-term, 1 2 5 ago", "long-term, 1 3 5 ago"), HISTORY, "d")
+    assert moved.hallucinated == 1
     # the latest item is a tent: calling it a beaker is a hallucination
     wrong = scorer.score(short.text.replace("latest Tent", "latest Beaker"), HISTORY, "d")
     assert wrong.hallucinated == 1
+
+
+def test_a_short_trace_commits_only_to_an_interest_the_history_says_is_due(shop):
+    _, index, catalog = shop
+    history = ["c", "a", "e", "b", "c", "a"]  # camping and glassware take turns
+    pos = [catalog.position[i] for i in history]
+    trace = DeterministicCot(catalog, CotConfig(style="short")).build(pos, None, [catalog.position["d"]])
+    assert trace.text.splitlines()[1:] == [
+        "Evolution: Camping, rugged (periodic, 2 4 6 ago); Glassware, minimalist (periodic, 1 3 5 ago).",
+        "Recommendation: interest Camping, rugged, due now. It comes back like "
+        "<|sid_begin|><s_a_5><s_b_6><s_c_7><|sid_end|>. Its SID likely starts with <s_a_5>.",
+    ]  # camping came every 2 items and was last 2 ago (item c); glassware, 1 ago, is not due
+    assert trace.interests[trace.chosen].key == ("Camping", "rugged") and not trace.matched
+    stated = read_trace(trace.text)
+    assert stated.due is True and stated.chosen_label == "Camping, rugged" and stated.prefix == "<s_a_5>"
+    assert stated.due_item == index.sid_text("c")
+    invented = trace.text.replace("<s_b_6><s_c_7>", "<s_b_6><s_c_10>")  # item f: not in this history
+    assert TraceScorer(index, catalog).score(invented, history, "f").hallucinated == 1
+    verdict = TraceScorer(index, catalog).score(trace.text, history, "d")
+    assert verdict.hallucinated == 0 and verdict.criteria["category"] is False  # d is glassware
+    assert verdict.criteria["sid_prefix"] is False and not verdict.right
+    assert TraceScorer(index, catalog).score(trace.text, history, "f").right  # f is camping gear
 
 
 def test_sid_prefixes_are_read_back_from_their_itemic_tokens():
@@ -265,11 +292,10 @@ def synthetic_index(items: pa.Table) -> ItemIndex:
     return ItemIndex([r["item_id"] for r in rows], np.array(codes), words)
 
 
-@pytest.mark.parametrize("style", ["full", "short"])
-def test_on_the_synthetic_world_builder_traces_are_never_wrong_and_never_hallucinate(style):
-    """The builder states only what the target has and cites only the history: read back from its
-    text, no verdict may be wrong; the interest verdict agrees with the builder's own choice."""
-    world = generate_world(SyntheticConfig(num_users=60, num_items=150, seed=0))
+def world_histories(num_users: int):
+    """(scorer, catalog, {user: (history, target)}) of a small synthetic world: each user's last
+    interaction after at most 20 before it."""
+    world = generate_world(SyntheticConfig(num_users=num_users, num_items=150, seed=0))
     index = synthetic_index(world.items)
     catalog = build_catalog(world.items, index)
     scorer = TraceScorer(index, catalog, PlantedInterests(world.truth, world.interests))
@@ -278,9 +304,16 @@ def test_on_the_synthetic_world_builder_traces_are_never_wrong_and_never_halluci
         world.interactions["user_id"].to_pylist(), world.interactions["item_id"].to_pylist()
     ):
         sequences.setdefault(user, []).append(item)
+    return scorer, catalog, {user: (seq[:-1][-20:], seq[-1]) for user, seq in sequences.items()}
+
+
+def test_on_the_synthetic_world_full_traces_are_never_wrong_and_never_hallucinate():
+    """The full trace states only what the target has and cites only the history: read back from
+    its text, no verdict may be wrong; the interest verdict agrees with the builder's own choice."""
+    scorer, catalog, examples = world_histories(60)
     verdicts = []
-    for user, seq in sequences.items():
-        history, target = seq[:-1][-20:], seq[-1]
+    style = "full"
+    for user, (history, target) in examples.items():
         pos = [catalog.position[i] for i in history]
         cot = DeterministicCot(catalog, CotConfig(style=style))
         trace = cot.build(pos, list(range(len(pos))), [catalog.position[target]])
@@ -295,6 +328,33 @@ def test_on_the_synthetic_world_builder_traces_are_never_wrong_and_never_halluci
         assert score.criteria["interest"] == ({truth["subcategory"], truth["style"]} <= set(chosen))
         verdicts.append(score.criteria["interest"])
     assert True in verdicts and False in verdicts
+
+
+def test_on_the_synthetic_world_short_traces_never_hallucinate_and_call_due_interests_from_the_history():
+    """A short trace decides from the history alone, so it can be wrong about the target, but
+    never about the history; when it says an interest is due, the target mostly came from that
+    (periodic) interest, and the scorer's due verdict is exactly that."""
+    scorer, catalog, examples = world_histories(400)
+    cot = DeterministicCot(catalog, CotConfig(style="short"))
+    calls = right_calls = periodic = found = 0
+    for user, (history, target) in examples.items():
+        trace = cot.build([catalog.position[i] for i in history], None, [catalog.position[target]])
+        score = scorer.score(trace.text, history, target, user)
+        assert score.well_formed and score.hallucinated == 0 and score.cited > 0, trace.text
+        truth = scorer.planted.behind(user, history, target)
+        is_periodic = truth is not None and truth["pattern"] == "periodic"
+        label = set(trace.interests[trace.chosen].label.split(", ")) if trace.chosen is not None else set()
+        named = is_periodic and {truth["subcategory"], truth["style"]} <= label
+        if trace.interests:
+            assert score.criteria["due"] == (named if trace.chosen is not None else not is_periodic)
+        calls += trace.chosen is not None
+        right_calls += named
+        periodic += is_periodic
+        found += named
+    # measured: 53 calls, 35 of them name the periodic interest behind the target (0.66, where
+    # 16% of all targets are periodic); 35 of the 65 periodic targets are called
+    assert calls >= 20 and right_calls / calls >= 3 * periodic / len(examples)
+    assert found / periodic >= 0.45
 
 
 def record(key: str, hit: bool, traces: list[str]) -> dict:
@@ -330,7 +390,7 @@ def test_hit_at_10_is_split_by_right_and_wrong_traces(shop):
     assert report["criteria"]["sid_prefix"] == {"right": 3, "wrong": 3, "not_stated": 0, "accuracy": 0.5}
     assert report["criteria"]["terms"] == {"right": 5, "wrong": 1, "not_stated": 0, "accuracy": 5 / 6}
     assert report["hallucination"]["hallucinated"] == 0 and report["hallucination"]["rate"] == 0.0
-    assert set(report["not_scored"]) == {"interest"}
+    assert set(report["not_scored"]) == {"interest", "due"}
     at_5 = trace_quality(run, TraceScorer(index, catalog), histories, k=5)["hit_by_trace"]
     assert at_5["metric"] == "hit@5" and at_5["right"]["value"] == at_5["wrong"]["value"] == 0.0
 
@@ -355,9 +415,64 @@ def test_a_thinking_evaluation_reports_trace_quality(shop, make_tiny_model, tmp_
     traces = run["traces"]
     assert traces["traces"] == 3 and str(data) in traces["scored_against"]
     assert list(traces["criteria"]) == ["sid_prefix", "category", "attributes", "terms"]
-    assert set(traces["not_scored"]) == {"interest"}
+    assert set(traces["not_scored"]) == {"interest", "due"}
     split = traces["hit_by_trace"]
     assert split["metric"] == "hit@10" and split["right"]["users"] + split["wrong"]["users"] == 3
     assert {"citations", "hallucinated", "rate"} <= set(traces["hallucination"])
     md = (out / "report.md").read_text()
     assert "## Trace quality" in md and "hit@10 right (users)" in md and "interest not scored" in md
+
+
+@pytest.mark.slow
+def test_an_evaluation_with_builder_written_traces_thinks_with_the_builders_trace_of_each_history(
+    tmp_path, make_tiny_model
+):
+    """`trace_source history`: every user's think block is the short trace the task build writes
+    for their history (no target), so the records carry exactly that text, well formed and with
+    nothing made up; the same build's full traces are refused (they name the target's interest)."""
+    from test_tasks_build import synthetic_index
+
+    from data_builders.build import BuildDataConfig, build_data
+    from data_builders.tasks.build import main as build_tasks_main
+    from evaluation.protocols import examples_from_tasks
+    from evaluation.run import main as eval_main
+
+    options = {"num_users": 40, "num_items": 120, "seed": 1}
+    build_data(BuildDataConfig(source="synthetic", source_options=options, out_dir=str(tmp_path / "data")))
+    items = pq.read_table(tmp_path / "data" / "items.parquet")
+    index = synthetic_index(items)
+    index.save(tmp_path / "item_index.json")
+    (tmp_path / "mixture.yaml").write_text("tasks:\n  - {task: rec_sid, mode: think, weight: 1.0}\n")
+    argv = ["--data_dir", str(tmp_path / "data"), "--item_index", str(tmp_path / "item_index.json")]
+    argv += ["--mixture", str(tmp_path / "mixture.yaml"), "--history_text", "none", "--max_history", "8"]
+    short = argv + [
+        "--out_dir",
+        str(tmp_path / "tasks"),
+        "--trace_style",
+        "short",
+        "--history_countdown",
+        "true",
+    ]
+    assert build_tasks_main(short) == 0
+    model = make_tiny_model(itemic_tokens=index.itemic_tokens())
+    index.save(model / "item_index.json")
+    run = ["--models", str(model), "--modes", "think", "--num_beams", "4", "--n_bootstrap", "10"]
+    run += ["--device", "cpu", "--trace_source", "history", "--max_examples", "12"]
+    out = tmp_path / "eval"
+    assert eval_main(run + ["--data_path", str(tmp_path / "tasks"), "--out_dir", str(out)]) == 0
+    records = [
+        json.loads(line) for line in (out / "runs" / f"{model.name}-think.jsonl").read_text().splitlines()
+    ]
+    histories = {ex.key: ex.history for ex in examples_from_tasks(tmp_path / "tasks")}
+    catalog = build_catalog(items, index)
+    cot = DeterministicCot(catalog, CotConfig(style="short", recent_items=4))
+    assert len(records) == 12
+    for r in records:
+        history = [catalog.position[i] for i in histories[r["key"]]]
+        assert r["think"] == [cot.build(history, None, []).text] and r["think_tokens"] == 0
+    (report,) = json.loads((out / "report.json").read_text())["runs"]
+    assert report["traces"]["well_formed"] == 1.0 and report["traces"]["hallucination"]["hallucinated"] == 0
+    assert build_tasks_main(argv + ["--out_dir", str(tmp_path / "full")]) == 0
+    refused = run + ["--data_path", str(tmp_path / "full"), "--out_dir", str(tmp_path / "eval-full")]
+    with pytest.raises(ValueError, match="trace_style short"):
+        eval_main(refused)

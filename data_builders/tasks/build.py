@@ -46,7 +46,6 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from data_builders.tasks.card import dataset_card
 from data_builders.tasks.catalog import ItemCatalog, build_catalog
 from data_builders.tasks.cot import DeterministicCot
-from data_builders.tasks.history import HistoryStyle
 from data_builders.tasks.interests import TRUTH_FILES, read_truth, recovery_report
 from data_builders.tasks.mixture import DEFAULT_MIXTURE, MixtureEntry, load_mixture, parse_mixture
 from data_builders.tasks.perception import ITEM_TASKS, PerceptionTasks, association_pairs
@@ -61,6 +60,7 @@ from data_builders.tasks.shards import (
     build_shard,
     capped_eval_rows,
     cot_config,
+    history_style,
     read_pairs,
     read_shard_split,
     rows_from_frame,
@@ -101,6 +101,14 @@ class BuildTasksConfig:
         metadata={
             "help": "number the history items (1., 2., …); false writes bare SIDs back to back, "
             "five tokens an item instead of nine"
+        },
+    )
+    history_countdown: bool = field(
+        default=False,
+        metadata={
+            "help": "number the history by how long ago each item was (1. = the latest) instead of from "
+            "the oldest: the numbers a short trace's timing ('3 6 ago') copies; full traces cite items "
+            "from the oldest, so this needs trace_style short"
         },
     )
     short_prompts: bool = field(
@@ -170,7 +178,11 @@ class BuildTasksConfig:
             raise ValueError(f"teacher_fallback must be deterministic or drop, got {self.teacher_fallback!r}")
         if self.pair_window < 1:
             raise ValueError(f"pair_window must be >= 1, got {self.pair_window}")
-        HistoryStyle(item_text=self.history_text, max_items=self.max_history)  # validates
+        if self.history_countdown and self.trace_style != "short":
+            raise ValueError(
+                "history_countdown needs trace_style short (full traces cite items from the oldest)"
+            )
+        history_style(self)  # validates
         cot_config(self)  # validates
 
 

@@ -15,11 +15,17 @@ The trace is built from what the history itself shows, so it can be trusted and 
   *history* items share: attributes, SID prefix, Term-ID words.
 
 Two styles (`CotConfig.style`): **full** writes all of the above (~150-280 tokens), with
-history citations (#n) and the codes of the recent items; **short** (~30-60 tokens) is the
-same three levels for a model that must learn them from a few thousand rows: the latest
-items' words, the interest points as "label (pattern, n items)" without citations, then the
-chosen interest and the first SID token it expects. Both come from the same interest points
-and the same choice, so they state the same facts at two lengths.
+history citations (#n) and the codes of the recent items; **short** (~40-80 tokens) is the
+three levels for a model that must learn them from a few thousand rows, and it states only
+what the history decides: the latest items' words, the interest points as "label (pattern,
+3 6 9 ago)" (how many items ago each of its items was, newest first: a history numbered by
+`countdown` shows exactly those numbers), then the Recommendation. An interest whose items
+came at one constant gap, the last of them that gap ago, is *due* ("interest X, due now",
+then the SID of its latest item and the first SID token its items share); when none is due, the trace says so and leaves
+the choice open. A full trace names the interest the target serves, a choice the history
+alone often cannot settle (a recent and a long-term interest both go on), and a model that
+learns to commit to one stakes its whole list on a guess; the short trace commits only
+where the history settles it.
 
 The target is never named: every value written passes `Forbidden.allows` for every target
 (no SID, title or distinguishing term), and the interest points are returned as data
@@ -60,13 +66,17 @@ class CotConfig:
     max_interests: int = 5
     recent_items: int = 4  # items described in the Derivation
     share: float = 0.6  # an attribute is "shared" by a group when this share of it has it
-    fold_ratio: float = 1 / 3  # a variant group at most this share of a bigger one folds into it
+    # a variant group at most this share of a bigger one folds into it; None: 1/3 for full
+    # traces, 1 for short ones (an interest's every item counts, so its timing is exact)
+    fold_ratio: float | None = None
     sid_prefix_levels: int = 2  # SID tokens used to ground an item (capped at levels - 1)
     style: str = "full"  # full | short (see the module doc)
 
     def __post_init__(self):
         if self.style not in STYLES:
             raise ValueError(f"trace style must be one of {STYLES}, got {self.style!r}")
+        if self.fold_ratio is None:
+            self.fold_ratio = 1.0 if self.style == "short" else 1 / 3
 
 
 @dataclass
@@ -85,8 +95,9 @@ class InterestPoint:
 class Trace:
     text: str
     interests: list[InterestPoint]
-    chosen: int | None  # index into `interests` of the one the target serves
-    matched: bool  # False: the target matches no interest; `chosen` is then the most recent one
+    # full: index into `interests` of the one the target serves; short: of the due one, or None
+    chosen: int | None
+    matched: bool  # False: the target is not on the chosen interest's leading field (category)
     noise: list[int]  # 0-based positions that fit no interest
 
 
@@ -164,11 +175,11 @@ class DeterministicCot:
         shared = [(name, v) for (name, v), k in counts.items() if k >= need]
         return sorted(shared, key=lambda nv: order.get(nv[0], len(order)))
 
-    def _shared_prefix(self, items: list[int]) -> str:
+    def _shared_prefix(self, items: list[int], levels: int | None = None) -> str:
         c = self.catalog
         best = ""
         need = self.config.share * len(items)
-        for length in range(1, self.prefix_levels + 1):
+        for length in range(1, min(levels or self.prefix_levels, self.prefix_levels) + 1):
             prefixes = Counter(c.sid_prefix(i, length) for i in items if c.sid_tokens[i])
             if not prefixes:
                 break
@@ -189,17 +200,22 @@ class DeterministicCot:
     # ------------------------------------------------------------------ the trace
 
     def build(self, history: list[int], timestamps: list[int] | None, targets: list[int]) -> Trace:
-        """The trace for predicting `targets[0]` (all targets are kept out of the text)."""
+        """The trace for predicting `targets[0]` (all targets are kept out of the text). A short
+        trace reads the history only: with no targets it is the trace of a user at inference."""
         if not history:
             raise ValueError("a trace needs at least one history item")
         forbidden = TraceGuard(forbidden_for(self.catalog, targets))
         points, noise = self.interest_points(history, timestamps)
         for j, p in enumerate(points):
             p.label = self._label(p, forbidden, j)
-        chosen, matched = self._choose(points, targets[0]) if points else (None, False)
         if self.config.style == "short":
-            parts = self._short(history, points, chosen, matched, forbidden, targets[0])
+            chosen = self._due(points, len(history))
+            matched = (
+                chosen is not None and bool(targets) and points[chosen].key[:1] == self._key(targets[0])[:1]
+            )
+            parts = self._short(history, points, chosen, forbidden)
         else:
+            chosen, matched = self._choose(points, targets[0]) if points else (None, False)
             parts = [
                 self._derivation(history, noise, forbidden),
                 self._evolution(points, timestamps, len(history)),
@@ -338,7 +354,13 @@ class DeterministicCot:
             sentences.append(t["terms"].format(terms=LIST_SEP.join(terms)))
         return " ".join(sentences)
 
-    def _short(self, history, points, chosen, matched, forbidden, target: int) -> list[str]:
+    @staticmethod
+    def _due(points: list[InterestPoint], n: int) -> int | None:
+        """The interest that is due next (the latest one if several), from the history alone."""
+        due = [j for j, p in enumerate(points) if is_due(p.evidence, n)]
+        return max(due, key=lambda j: points[j].evidence[-1]) if due else None
+
+    def _short(self, history, points, chosen, forbidden) -> list[str]:
         """The three levels in a few dozen tokens (module doc, "short")."""
         t = self.templates["short"]
         n = len(history)
@@ -346,21 +368,22 @@ class DeterministicCot:
         derivation = t["derivation"].format(
             items=ITEM_SEP.join(self._item_words(i, forbidden) for i in recent)
         )
-        if points:
-            listed = [
-                t["interest"].format(label=p.label, pattern=t["patterns"][p.pattern], count=len(p.evidence))
-                for p in points
-            ]
-            evolution = t["evolution"].format(interests=ITEM_SEP.join(listed))
-        else:
-            evolution = t["no_evolution"]
+        if not points:
+            return [derivation, t["no_evolution"], t["no_interest"]]
+        listed = [
+            t["interest"].format(label=p.label, pattern=t["patterns"][p.pattern], ago=ago(p.evidence, n))
+            for p in points
+        ]
+        evolution = t["evolution"].format(interests=ITEM_SEP.join(listed))
         if chosen is None:
-            return [derivation, evolution, t["no_interest"]]
-        label = points[chosen].label
-        if not matched:
-            return [derivation, evolution, t["fallback"].format(label=label)]
-        sentences = [t["chosen"].format(label=label)]
-        prefix = self._common_prefix(points[chosen].sid_prefix, target, levels=1)
+            return [derivation, evolution, t["open"]]
+        due = points[chosen]
+        sentences = [t["due"].format(label=due.label)]
+        shown = [self.catalog.sid_texts[history[q]] or "" for q in reversed(due.evidence)]
+        sid = next((s for s in shown if forbidden.allows(s)), None)
+        if sid:  # the SID the answer will be read next to: what the interest's items look like
+            sentences.append(t["due_item"].format(sid=sid))
+        prefix = self._shared_prefix([history[q] for q in due.evidence], levels=1)
         if prefix and forbidden.allows(prefix):
             sentences.append(self.templates["recommendation"]["prefix"].format(prefix=prefix))
         return [derivation, evolution, " ".join(sentences)]
@@ -390,6 +413,18 @@ def classify_pattern(evidence: list[int], n: int) -> tuple[str, int]:
     if evidence[-1] < 0.6 * n:
         return "fading", 0
     return "long_term", 0
+
+
+def is_due(evidence: list[int], n: int) -> bool:
+    """Whether an interest seen at `evidence` (positions in a history of length n) recurs next:
+    two or more occurrences at one constant gap of two or more, the last of them that gap ago."""
+    gaps = {b - a for a, b in zip(evidence, evidence[1:])}
+    return len(gaps) == 1 and min(gaps) >= 2 and n - evidence[-1] == min(gaps)
+
+
+def ago(evidence: list[int], n: int) -> str:
+    """How many items ago each evidence position of a history of length n was, newest first."""
+    return " ".join(str(n - q) for q in reversed(evidence))
 
 
 def section_texts(text: str) -> list[str] | None:

@@ -12,6 +12,10 @@ written back to back, five tokens an item instead of nine, the way a sequence mo
 
     <|sid_begin|><s_a_3><s_b_1><s_c_7><|sid_end|><|sid_begin|><s_a_9><s_b_0><s_c_2><|sid_end|>…
 
+`countdown: true` numbers the items by how long ago they were (1 = the latest), so the number
+next to an item is its distance from the next one: a short trace states when an interest was
+last seen and how often it recurs in those numbers, by copying them, not by counting.
+
 `identifier` is the SID (or the Term ID for Term-ID tasks); `item_text` adds the title
 (`title`), the Term ID (`terms`) or nothing (`none`). Items with an empty title fall back
 to their description, then their most specific category, so no line is blank.
@@ -34,6 +38,7 @@ class HistoryStyle:
     max_items: int = 20
     title_max_chars: int = 80
     numbered: bool = True
+    countdown: bool = False
 
     def __post_init__(self):
         if self.identifier not in IDENTIFIERS:
@@ -42,6 +47,8 @@ class HistoryStyle:
             raise ValueError(f"history item_text must be one of {ITEM_TEXTS}, got {self.item_text!r}")
         if self.max_items < 1:
             raise ValueError(f"history max_items must be >= 1, got {self.max_items}")
+        if self.countdown and not self.numbered:
+            raise ValueError("history countdown numbering needs a numbered history")
 
 
 def render_terms(terms: list[str] | None) -> str:
@@ -97,7 +104,8 @@ class HistoryRenderer:
 
     def __call__(self, items: list[int]) -> str:
         if self.style.numbered:
-            return "\n".join(f"{n}. {self.line(i)}" for n, i in enumerate(items, 1))
+            numbers = range(len(items), 0, -1) if self.style.countdown else range(1, len(items) + 1)
+            return "\n".join(f"{n}. {self.line(i)}" for n, i in zip(numbers, items))
         bare_sids = self.style.identifier == "sid" and self.style.item_text == "none"
         return ("" if bare_sids else "\n").join(self.line(i) for i in items)
 

@@ -101,6 +101,7 @@ class RecommendationTasks:
             style.max_items,
             style.title_max_chars,
             style.numbered,
+            style.countdown,
         )
         self.render = {
             "sid": HistoryRenderer(catalog, self.style),

@@ -93,6 +93,7 @@ def history_style(config) -> HistoryStyle:
         max_items=config.max_history,
         title_max_chars=config.title_max_chars,
         numbered=config.history_numbered,
+        countdown=config.history_countdown,
     )
 
 
