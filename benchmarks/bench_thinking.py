@@ -14,6 +14,8 @@ mixture, kept apart under `--variant NAME` in `quickstart-seed<k>-NAME`):
   each, a SID scored by sum over traces of p(trace) p(SID | trace), p(trace) renormalised
   over the 4 (`think_search: beam`);
 - **race**: half the beams after a trace, half without, merged by rank (`race_merge: rank`);
+- **adaptive** (a mode of single and builder-written): all 20 beams after the trace when it
+  decides (names the interest that is due), all 20 without it when it leaves the choice open;
 - **builder-written**: the task builder's trace of the history instead of a sampled one
   (`trace_source: history`): what a right trace is worth to the model (the ceiling of
   teaching it to write them).
@@ -44,10 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench_thinking"
 BEAMS = 20
 INFERENCES = {  # name -> (modes, think_samples, eval options); the eval folder is the name's first word
-    "single": (["no_think", "think", "race"], 1, ["--think_temperature", "0.6"]),
+    "single": (["no_think", "think", "race", "adaptive"], 1, ["--think_temperature", "0.6"]),
     "multi-trace 4x5": (["no_think", "think", "race"], 4, ["--think_temperature", "0.6"]),
     "beam-searched 4x5": (["no_think", "think", "race"], 4, ["--think_search", "beam"]),
-    "builder-written": (["no_think", "think", "race"], 1, ["--trace_source", "history"]),
+    "builder-written": (["no_think", "think", "race", "adaptive"], 1, ["--trace_source", "history"]),
 }
 QUICKSTART_TEST_USERS = 500
 MIXTURE = "recipes/quickstart/mixture_thinking.yaml"
@@ -122,8 +124,11 @@ def hits_by_pattern(records: Path, patterns: dict[str, str]) -> dict[str, list]:
 def run_eval(
     data: list[str], models: list[Path], modes: list[str], samples: int, out: Path, seed: int, *extra: str
 ) -> dict:
-    """One `onereason eval` (reused when its report is there already: a rerun resumes)."""
-    if not (out / "report.json").exists():
+    """One `onereason eval`, reused when its report holds every mode already (else it is rerun, and
+    the runs whose shards are there are read back, not decoded again)."""
+    report = out / "report.json"
+    done = {run["mode"] for run in json.loads(report.read_text())["runs"]} if report.exists() else set()
+    if not set(modes) <= done:
         onereason(
             "eval", *data, "--models", *map(str, models), "--names", *(m.name for m in models),
             "--modes", *modes, "--num_beams", str(BEAMS), "--think_samples", str(samples),

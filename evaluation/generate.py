@@ -34,6 +34,13 @@ what comes before the SIDs:
   the mode it ranked best in, or whose score it kept (`ranked_modes`), and the report gives
   the share of each mode in the top-10 (`evaluation.metrics.mode_shares`).
 
+- **adaptive**: think first, then answer after the trace only when it decides: when it names
+  the interest the next item serves (`evaluation.traces.read_trace`'s `chosen_label`; a short
+  trace's "interest X, due now"). A trace that leaves the choice open ("none is due", or a
+  full trace's fallback) is spent but not followed: all `num_beams` beams go to the
+  non-thinking head, whose list covers the open interests as the plain model's does. One trace
+  per user (`think_samples` 1); `ranked_modes` says which side answered each user.
+
 `trace_source="history"` puts the task builder's short trace of the user's history in the
 think block instead of a sampled one (`evaluation.traces.history_tracer`; a short trace reads
 the history only, never the target), and the model writes only the SIDs after it: what a
@@ -86,6 +93,7 @@ import torch
 from transformers import GenerationConfig
 
 from evaluation.protocols import EvalExample
+from evaluation.traces import read_trace
 from onereason.decoding import (
     BACKENDS,
     THINK_BUDGET,
@@ -107,8 +115,8 @@ from onereason.vocab import check_itemic_tokens
 
 logger = logging.getLogger(__name__)
 
-EVAL_MODES = ("no_think", "think", "race")
-TRACE_MODES = ("think", "race")  # the modes that sample traces
+EVAL_MODES = ("no_think", "think", "race", "adaptive")
+TRACE_MODES = ("think", "race", "adaptive")  # the modes that write traces
 MERGES = ("mean_prob", "max")
 RACE_MERGES = ("rank", "score")
 TRACE_SOURCES = (
@@ -179,6 +187,8 @@ def head_beams(mode: str, cfg: DecodingConfig) -> list[tuple[str, int]]:
         raise ValueError(f"mode must be one of {EVAL_MODES}, got {mode!r}")
     if mode == "race" and cfg.answer != "sid":
         raise ValueError("mode race merges SID beams by score: it needs answer: sid")
+    if mode == "adaptive" and cfg.think_samples != 1:
+        raise ValueError("mode adaptive follows or sets aside one trace per user: use think_samples 1")
     try:
         if mode == "no_think":
             return [("no_think", cfg.num_beams)]
@@ -308,6 +318,10 @@ class BeamRanker:
     def trace_text(self, block: ThinkBlock) -> str:
         return self.tokenizer.decode(block.trace_ids, skip_special_tokens=True).strip()
 
+    def trace_decides(self, block: ThinkBlock) -> bool:
+        """Whether a trace names the interest the next item serves (mode `adaptive` follows it)."""
+        return read_trace(self.trace_text(block)).chosen_label is not None
+
     def _tokens_text(self, ids: list[int]) -> str:
         kept = []
         for t in ids:
@@ -330,7 +344,7 @@ class BeamRanker:
         plan = head_beams(mode, self.cfg)
         began = time.perf_counter()
         # each kind of head reads the prompt with its own switch, as its single-mode run does
-        kinds = dict.fromkeys(kind for kind, _ in plan)
+        kinds = dict.fromkeys([kind for kind, _ in plan] + (["no_think"] if mode == "adaptive" else []))
         prompts = {kind: [self.prompt_ids(ex.messages, kind) for ex in batch] for kind in kinds}
         if "think" not in prompts:
             traces = None
@@ -338,17 +352,22 @@ class BeamRanker:
             traces = [[self.decoder.written_block(self.history_trace(ex.history))] for ex in batch]
         else:
             traces = self._think(prompts["think"])
+        plans = [plan] * len(batch)
+        if mode == "adaptive":  # an open trace is set aside: the plain head takes every beam
+            plain = [("no_think", self.cfg.num_beams)]
+            plans = [plan if self.trace_decides(t[0]) else plain for t in traces]
         heads = []
         for u in range(len(batch)):
             blocks = iter(traces[u] if traces else [])
-            for kind, _ in plan:
+            for kind, _ in plans[u]:
                 block = next(blocks) if kind == "think" else self.decoder.empty_block()
                 heads.append(prompts[kind][u] + block.ids)
-        new, scores = self._answers(heads, [k for _ in batch for _, k in plan])
+        new, scores = self._answers(heads, [k for u in range(len(batch)) for _, k in plans[u]])
         latency = (time.perf_counter() - began) / len(batch)
         records = []
         row = 0
         for u, ex in enumerate(batch):
+            plan = plans[u]
             samples = traces[u] if traces else [self.decoder.empty_block()]
             weights = iter(trace_log_weights(samples))
             # (kind of head, text, log-prob, log-weight of its head among the heads of its kind)
@@ -489,8 +508,11 @@ def generate_run(
     shard_size: int = 256,
     model_path: str = "",
     progress: bool = True,
-) -> tuple[list[dict], float]:
-    """(run records in example order, generation wall seconds of this call) — resumable when `run_path` is given."""
+) -> tuple[list[dict], float | None]:
+    """(run records in example order, generation wall seconds) — resumable when `run_path` is given.
+
+    The wall seconds are None when shards were read back: this call's time is not the run's, and
+    `evaluation.metrics.generation_stats` then adds up the latencies each record kept."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
@@ -533,7 +555,7 @@ def generate_run(
         results[i] = records
         bar.update(len(records))
     bar.close()
-    wall = time.perf_counter() - began
+    wall = time.perf_counter() - began if len(todo) == len(mine) else None
     if shard_dir is None:
         if state.num_processes > 1:
             raise ValueError("multi-process evaluation needs a run_path (shards are exchanged through files)")

@@ -9,13 +9,14 @@ wandb` the metrics of every run and mode, the report table and the plot also go 
 Generation is resumable: rerunning the same command skips the shards already on disk; under
 `accelerate launch` the processes share the users (shards) and write the report one process writes.
 
-`modes` are `no_think`, `think` and `race` (thinking and non-thinking beams merged into one
-list; `evaluation.generate`), all at the same beam budget per user; every other mode is
-compared with `no_think` of the same checkpoint by a paired bootstrap. A race run reports
-the share of its top-10 SIDs each mode found.
+`modes` are `no_think`, `think`, `race` (thinking and non-thinking beams merged into one
+list) and `adaptive` (the trace followed only where it decides; `evaluation.generate`), all
+at the same beam budget per user; every other mode is compared with `no_think` of the same
+checkpoint by a paired bootstrap. A race or adaptive run
+reports the share of its top-10 SIDs each mode found.
 
-Every thinking (think or race) run also gets its trace quality (`evaluation.traces`): traces scored against
-the target, the history and, on the synthetic world, the planted interests, with Hit@10
+Every thinking (think, race or adaptive) run also gets its trace quality
+(`evaluation.traces`): traces scored against the target, the history and, on the synthetic world, the planted interests, with Hit@10
 split by right vs wrong traces. The items table and ground truth come from the build-data
 folder (`data_dir`, else found from `data_path`).
 
@@ -95,7 +96,7 @@ class EvalConfig:
         default_factory=lambda: ["rec_sid"], metadata={"help": "task-dataset tasks to evaluate"}
     )
     modes: list[str] = field(
-        default_factory=lambda: ["no_think"], metadata={"help": "no_think, think and/or race"}
+        default_factory=lambda: ["no_think"], metadata={"help": "no_think, think, race and/or adaptive"}
     )
     compare: bool = field(
         default=False,
@@ -376,7 +377,7 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
                 history_trace=tracer,
             )
             traces = trace_quality(run, scorer, histories, k_top) if mode in TRACE_MODES else None
-            shares = mode_shares(run, k_top) if mode == "race" else None
+            shares = mode_shares(run, k_top) if mode in ("race", "adaptive") else None
             results.append(score(f"{name}/{mode}", name, mode, run, ks, wall, traces, shares))
     baselines, skipped = run_baselines(cfg, examples, index, ks)
     meta = {

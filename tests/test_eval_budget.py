@@ -114,6 +114,37 @@ def test_race_records_say_which_mode_each_sid_came_from(world):
     assert shares["shares"]["no_think"] == modes["no_think"] / shares["sids"]
 
 
+DECIDES = (
+    "Derivation: latest Tent, vintage.\nEvolution: Camping, vintage (periodic, 3 6 ago).\n"
+    "Recommendation: interest Camping, vintage, due now."
+)
+OPEN = (
+    "Derivation: latest Tent, vintage.\nEvolution: Camping, vintage (periodic, 2 5 ago).\n"
+    "Recommendation: none is due; the recent interests go on."
+)
+
+
+def test_adaptive_follows_a_trace_that_decides_and_answers_plainly_after_an_open_one(world, decoded):
+    _, index, model, tokenizer = world
+    cfg = DecodingConfig(num_beams=5, batch_size=3, trace_source="history")
+    users = examples(index, 4)
+    decided = {users[0].history[0], users[2].history[0]}  # users 0 and 2 get a trace that decides
+    ranker = BeamRanker(
+        model, tokenizer, index, cfg, history_trace=lambda h: DECIDES if h[0] in decided else OPEN
+    )
+    run = ranker.rank(users, "adaptive")
+    assert sum(decoded) == 4 * 5  # the trace is written for every user; the beams stay 5 each
+    think, plain = ranker.rank(users, "think"), ranker.rank(users, "no_think")
+    for u, r in enumerate(run):
+        side, same = ("think", think[u]) if u in (0, 2) else ("no_think", plain[u])
+        assert set(r["ranked_modes"]) == {side} and r["n_beams"] == 5
+        assert r["ranked_sids"] == same["ranked_sids"]  # exactly that side's list
+        assert r["think"] == [DECIDES if u in (0, 2) else OPEN]  # spent either way, and recorded
+    assert mode_shares(run, k=10)["shares"]["think"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="adaptive .* think_samples 1"):
+        head_beams("adaptive", DecodingConfig(num_beams=6, think_samples=2))
+
+
 def test_merge_keeps_at_most_num_beams_sids_by_score_and_the_best_side_of_a_race(world):
     _, index, model, tokenizer = world
     ranker = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=3, race_merge="score"))

@@ -476,3 +476,42 @@ def test_an_evaluation_with_builder_written_traces_thinks_with_the_builders_trac
     refused = run + ["--data_path", str(tmp_path / "full"), "--out_dir", str(tmp_path / "eval-full")]
     with pytest.raises(ValueError, match="trace_style short"):
         eval_main(refused)
+
+
+def test_a_mixture_can_keep_every_row_whose_trace_decides_and_a_share_of_the_others(tmp_path):
+    """`decided_weight`: the thinking rows whose short trace names a due interest all stay, at
+    1.0, while the open ones are sampled at `weight`; full traces (they choose with the target)
+    refuse it."""
+    from collections import Counter
+    from pathlib import Path
+
+    from datasets import load_from_disk
+    from test_tasks_build import synthetic_index
+
+    from data_builders.build import BuildDataConfig, build_data
+    from data_builders.tasks.build import main as build_tasks_main
+    from onereason.errors import UsageError
+
+    options = {"num_users": 200, "num_items": 120, "seed": 2}
+    build_data(BuildDataConfig(source="synthetic", source_options=options, out_dir=str(tmp_path / "data")))
+    index = synthetic_index(pq.read_table(tmp_path / "data" / "items.parquet"))
+    index.save(tmp_path / "item_index.json")
+    argv = ["--data_dir", str(tmp_path / "data"), "--item_index", str(tmp_path / "item_index.json")]
+    argv += ["--history_text", "none", "--max_history", "10"]
+
+    def build(name: str, entry: str, style: str = "short") -> Path:
+        (tmp_path / f"{name}.yaml").write_text(f"tasks:\n  - {{task: rec_sid, mode: think, {entry}}}\n")
+        out = tmp_path / name
+        mixture = ["--mixture", str(tmp_path / f"{name}.yaml"), "--trace_style", style]
+        assert build_tasks_main(argv + mixture + ["--out_dir", str(out)]) == 0
+        return out
+
+    def deciding(out: Path) -> Counter:
+        return Counter("due now" in r["completion"][-1]["content"] for r in load_from_disk(str(out))["train"])
+
+    every = deciding(build("every", "weight: 1.0"))
+    kept = deciding(build("decided", "weight: 0.1, decided_weight: 1.0"))
+    assert every[True] >= 30 and kept[True] == every[True]  # every deciding row, once
+    assert 0.04 * every[False] < kept[False] < 0.2 * every[False]  # a tenth of the open ones
+    with pytest.raises(UsageError, match="trace_style short"):
+        build("full", "weight: 0.1, decided_weight: 1.0", style="full")

@@ -260,6 +260,12 @@ def load_inputs(config: BuildTasksConfig) -> BuildInputs:
     else:
         entries, mixture_seed = parse_mixture(DEFAULT_MIXTURE, "default mixture"), None
     seed = config.seed if mixture_seed is None else int(mixture_seed)
+    decided = [f"{e.task}/{e.mode}" for e in entries if e.decided_weight is not None]
+    if decided and (config.trace_style != "short" or config.cot != "deterministic"):
+        raise UsageError(
+            f"mixture entries {decided} weigh the rows whose trace decides: that needs trace_style short "
+            "and cot deterministic (the trace that reads the history alone)"
+        )
     return BuildInputs(catalog, entries, seed, index)
 
 

@@ -354,6 +354,11 @@ class DeterministicCot:
             sentences.append(t["terms"].format(terms=LIST_SEP.join(terms)))
         return " ".join(sentences)
 
+    def decides(self, history: list[int], timestamps: list[int] | None = None) -> bool:
+        """Whether the short trace of `history` names the interest that is due (reads only the
+        history, so the same at training and inference)."""
+        return self._due(self.interest_points(history, timestamps)[0], len(history)) is not None
+
     @staticmethod
     def _due(points: list[InterestPoint], n: int) -> int | None:
         """The interest that is due next (the latest one if several), from the history alone."""

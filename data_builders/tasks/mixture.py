@@ -10,6 +10,10 @@
 tasks, items for perception tasks, item pairs for `association`): 1.0 uses each once,
 0.5 a random half, 2.0 each twice (with different phrasings). `count` asks for exactly
 that many examples (sampled without replacement, cycling when more are asked than exist).
+`decided_weight` (thinking recommendation rows of the short trace style) is the weight of the
+rows whose trace decides, naming the interest that is due (`DeterministicCot.decides`, from
+the history alone), in place of `weight`: those rows teach what a decision means for the next
+item, while a trace that leaves the choice open teaches the same as a row without one.
 Each unit's draw depends only on (seed, task, mode, the unit's key), so a mixture is
 reproducible, adding an entry does not reshuffle the others, and a user's rows get the same
 copies whichever shard of a sharded build holds them (weights; a `count` needs every unit of
@@ -46,12 +50,17 @@ class MixtureEntry:
     mode: str
     weight: float | None = None
     count: int | None = None
+    decided_weight: float | None = None  # the weight of units whose trace decides (module doc)
 
     def multiplicities(
-        self, eligible: np.ndarray, seed: int, keys: Sequence[str] | None = None
+        self,
+        eligible: np.ndarray,
+        seed: int,
+        keys: Sequence[str] | None = None,
+        decided: np.ndarray | None = None,
     ) -> np.ndarray:
         """Copies of this entry per source unit (0 where `eligible` is False); `keys` name the units
-        (default: their positions).
+        (default: their positions); `decided` marks the units `decided_weight` applies to.
 
         A weight's fraction is a per-unit coin (`unit_draw` below the fraction); a count's
         remainder goes to the eligible units with the smallest draws.
@@ -68,10 +77,12 @@ class MixtureEntry:
                 draws = np.array([self.unit_draw(seed, keys[u]) for u in units])
                 out[units[np.argsort(draws, kind="stable")[:rest]]] += 1
         else:
-            whole = int(self.weight)
-            out[units] = whole
-            if self.weight > whole:
-                out[units] += [self.unit_draw(seed, keys[u]) < self.weight - whole for u in units]
+            weights = np.full(len(eligible), self.weight)
+            if self.decided_weight is not None and decided is not None:
+                weights[decided] = self.decided_weight
+            whole = np.floor(weights[units]).astype(np.int64)
+            draws = np.array([self.unit_draw(seed, keys[u]) for u in units])
+            out[units] = whole + (draws < weights[units] - whole)
         return out
 
     def unit_draw(self, seed: int, key: str) -> float:
@@ -92,7 +103,7 @@ def parse_mixture(data, source: str = "mixture") -> list[MixtureEntry]:
         where = f"{source}: entry {n}"
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: expected a mapping, got {raw!r}")
-        unknown = set(raw) - {"task", "mode", "weight", "count"}
+        unknown = set(raw) - {"task", "mode", "weight", "count", "decided_weight"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         task, mode = raw.get("task"), raw.get("mode", "no_think")
@@ -111,10 +122,23 @@ def parse_mixture(data, source: str = "mixture") -> list[MixtureEntry]:
             raise ValueError(f"{where}: weight must be a number >= 0, got {weight!r}")
         if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
             raise ValueError(f"{where}: count must be an integer >= 0, got {count!r}")
+        decided = raw.get("decided_weight")
+        if decided is not None:
+            if weight is None or mode != "think" or task not in RECOMMENDATION_TASKS:
+                raise ValueError(
+                    f"{where}: decided_weight goes with a weight, on a thinking recommendation task"
+                )
+            if not isinstance(decided, (int, float)) or decided < 0:
+                raise ValueError(f"{where}: decided_weight must be a number >= 0, got {decided!r}")
         if (task, mode) in seen:
             raise ValueError(f"{where}: ({task}, {mode}) appears twice")
         seen.add((task, mode))
-        entries.append(MixtureEntry(task, mode, None if weight is None else float(weight), count))
+        entries.append(
+            MixtureEntry(
+                task, mode, None if weight is None else float(weight), count,
+                None if decided is None else float(decided),
+            )
+        )  # fmt: skip
     return entries
 
 

@@ -319,7 +319,10 @@ class ShardBuilder:
                     self.stats.ineligible[f"{split}/{entry.task}:{reason}"] += 1
             eligible = np.array([r is None for r in reasons], dtype=bool)
             if split == "train":
-                plan.append((entry, entry.multiplicities(eligible, self.seed, keys)))
+                decided = None
+                if entry.decided_weight is not None:
+                    decided = np.array([self.cot.decides(r.history, r.timestamps) for r in rows], dtype=bool)
+                plan.append((entry, entry.multiplicities(eligible, self.seed, keys, decided)))
             else:
                 plan.append((entry, eligible.astype(np.int64)))
         return plan
