@@ -1,6 +1,8 @@
 """Does thinking help? Thinking vs not thinking at the same beam budget, seeds x worlds.
 
     python benchmarks/bench_thinking.py quickstart --seeds 0 1 2    # the synthetic world, 500 test users
+    python benchmarks/bench_thinking.py quickstart --seeds 0 1 2 --no_rl --inferences single builder-written \
+        --mixture recipes/quickstart/mixture_thinking_decided.yaml --variant decided   # docs/RESULTS.md
 
 One model per seed is trained in both modes (sequence rows without thinking plus windowed rows
 with a short three-level trace, `recipes/quickstart/mixture_thinking.yaml`; the history numbered
