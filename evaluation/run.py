@@ -12,12 +12,12 @@ Generation is resumable: rerunning the same command skips the shards already on 
 `modes` are `no_think`, `think`, `race` (thinking and non-thinking beams merged into one
 list) and `adaptive` (the trace followed only where it decides; `evaluation.generate`), all
 at the same beam budget per user; every other mode is compared with `no_think` of the same
-checkpoint by a paired bootstrap. A race or adaptive run
-reports the share of its top-10 SIDs each mode found.
+checkpoint by a paired bootstrap. A race or adaptive run reports the share of its top-10
+SIDs each mode found.
 
 Every thinking (think, race or adaptive) run also gets its trace quality
-(`evaluation.traces`): traces scored against the target, the history and, on the synthetic world, the planted interests, with Hit@10
-split by right vs wrong traces. The items table and ground truth come from the build-data
+(`evaluation.traces`): traces scored against the target, the history and, on the synthetic
+world, the planted interests, with Hit@10 split by right vs wrong traces. The items table and ground truth come from the build-data
 folder (`data_dir`, else found from `data_path`).
 
 `data_path` may be a task dataset (`onereason build-tasks` output: the prompts the model was
