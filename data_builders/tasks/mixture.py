@@ -81,8 +81,11 @@ class MixtureEntry:
             if self.decided_weight is not None and decided is not None:
                 weights[decided] = self.decided_weight
             whole = np.floor(weights[units]).astype(np.int64)
-            draws = np.array([self.unit_draw(seed, keys[u]) for u in units])
-            out[units] = whole + (draws < weights[units] - whole)
+            out[units] = whole
+            fraction = weights[units] - whole
+            coins = units[fraction > 0]  # whole weights need no draw
+            heads = [self.unit_draw(seed, keys[u]) < f for u, f in zip(coins, fraction[fraction > 0])]
+            out[coins] += np.array(heads, dtype=np.int64)
         return out
 
     def unit_draw(self, seed: int, key: str) -> float:
