@@ -249,7 +249,8 @@ def test_length_buckets_batch_similar_rows_in_shuffled_order():
 
 
 def test_model_head_loss_equals_trl_fused_head_loss(sequence_build, tmp_path):
-    """fused_lm_head: false trains on the same loss as TRL's chunked head, only computed faster."""
+    """fused_lm_head: false trains on the same loss as TRL's chunked head and the model's full
+    logits (value and gradients), with logits at the labelled positions only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig
 
@@ -274,3 +275,16 @@ def test_model_head_loss_equals_trl_fused_head_loss(sequence_build, tmp_path):
         plain = trainer.compute_loss(model, dict(batch))
     assert torch.isfinite(plain) and plain.item() > 0
     assert abs(plain.item() - fused.item()) < 1e-4 * fused.item()
+
+    labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    assert outputs.logits.shape == (labelled, model.config.vocab_size)  # nothing projected that has no label
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    full = model(**batch, use_cache=False)  # every position's logits, transformers' loss
+    assert (
+        full.logits.shape[1] == batch["input_ids"].shape[1]
+        and full.logits.shape[1] * len(full.logits) > labelled
+    )
+    assert abs(full.loss.item() - loss.item()) < 1e-5 * loss.item()
+    for ours, theirs in zip(grads, torch.autograd.grad(full.loss, list(model.parameters()))):
+        assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-4)
