@@ -17,8 +17,8 @@ SIDs each mode found.
 
 Every thinking (think, race or adaptive) run also gets its trace quality
 (`evaluation.traces`): traces scored against the target, the history and, on the synthetic
-world, the planted interests, with Hit@10 split by right vs wrong traces. The items table and ground truth come from the build-data
-folder (`data_dir`, else found from `data_path`).
+world, the planted interests, with Hit@10 split by right vs wrong traces. The items table
+and ground truth come from the build-data folder (`data_dir`, else found from `data_path`).
 
 `data_path` may be a task dataset (`onereason build-tasks` output: the prompts the model was
 trained with), a split folder (`onereason build-data` output; `splits/<split>.parquet`), a

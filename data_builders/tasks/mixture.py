@@ -83,9 +83,9 @@ class MixtureEntry:
             whole = np.floor(weights[units]).astype(np.int64)
             out[units] = whole
             fraction = weights[units] - whole
-            coins = units[fraction > 0]  # whole weights need no draw
-            heads = [self.unit_draw(seed, keys[u]) < f for u, f in zip(coins, fraction[fraction > 0])]
-            out[coins] += np.array(heads, dtype=np.int64)
+            tossed = fraction > 0  # whole weights need no draw
+            heads = [self.unit_draw(seed, keys[u]) < f for u, f in zip(units[tossed], fraction[tossed])]
+            out[units[tossed]] += np.array(heads, dtype=np.int64)
         return out
 
     def unit_draw(self, seed: int, key: str) -> float:

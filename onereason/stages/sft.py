@@ -86,8 +86,7 @@ class SFTArguments:
             "help": "TRL's chunked LM head: per-token log-probs without the full logits (the memory saver for large "
             "vocabularies on GPUs). false: the model's own head and transformers' loss, with logits only at the "
             "positions that carry a label; about 2.5x faster for a from-scratch model's small vocabulary on a CPU "
-            "(Scientific's rows, 2 cores). "
-            "The entropy and token-accuracy logs are then absent."
+            "(Scientific's rows, 2 cores). The entropy and token-accuracy logs are then absent."
         },
     )
 
@@ -232,7 +231,9 @@ class OneReasonSFTTrainer(SFTTrainer):
         logits = outputs.logits  # (labelled positions, vocabulary)
         loss = ForCausalLMLoss(logits, None, logits.shape[-1], num_items_in_batch, shift_labels=targets[keep])
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # as Trainer does: the count spans every device
+            loss = (
+                loss * self.accelerator.num_processes
+            )  # as Trainer does under data parallelism: the count spans every process
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
