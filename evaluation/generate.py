@@ -46,6 +46,13 @@ think block instead of a sampled one (`evaluation.traces.history_tracer`; a shor
 the history only, never the target), and the model writes only the SIDs after it: what a
 *right* trace is worth to this model, the ceiling of teaching it to write its own.
 
+`view_weight=w > 0` searches every head together with its **view**: the same prompt with
+the history cut to its last `view_items` items (`evaluation.protocols.history_viewer`, the
+task build's renderer), followed by the same think block. A SID scores log p(SID | prompt) +
+w log p(SID | view) (`onereason.sid_beam`, "views"): for a model trained on pair rows the
+one-item view is their prompt, the item-to-item memory co-occurrence keeps, and the whole
+history reweighs it. Same beams, twice the prompts.
+
 Both stages run on `onereason.decoding.TwoStageDecoder`, the decoder RL rollouts use too.
 SID answers are decoded by `onereason.sid_beam.constrained_beam_search`, which encodes each
 head (prompt, or prompt + think block) once and copies its KV cache to the beams, instead
@@ -148,6 +155,10 @@ class DecodingConfig:
     trace_source: str = "model"
     merge: str = "mean_prob"
     race_merge: str = "rank"
+    # > 0: every SID search also reads the prompt with the history cut to its last `view_items`
+    # items and scores a SID by log p(SID | prompt) + view_weight * log p(SID | that view)
+    view_weight: float = 0.0
+    view_items: int = 1
     answer: str = "sid"
     max_answer_tokens: int = 48  # Term-ID answers only; SID answers use the SID length + EOS
     think_backend: str = "transformers"  # transformers | vllm | auto: who samples the think stage
@@ -175,6 +186,17 @@ class DecodingConfig:
             raise ValueError(f"trace_source must be one of {TRACE_SOURCES}, got {self.trace_source!r}")
         if self.trace_source == "history" and self.think_samples != 1:
             raise ValueError("trace_source history writes one trace per user: use think_samples 1")
+        if self.view_weight < 0 or self.view_items < 1:
+            raise ValueError(
+                f"view_weight must be >= 0 and view_items >= 1, got {self.view_weight}, {self.view_items}"
+            )
+        if self.view_weight and self.answer != "sid":
+            raise ValueError("view_weight weighs SID log-probabilities: it needs answer: sid")
+
+    @property
+    def view_weights(self) -> tuple[float, ...] | None:
+        """The SID search's weights of (the prompt, its last-items view), or None: no view."""
+        return (1.0, self.view_weight) if self.view_weight else None
 
 
 def head_beams(mode: str, cfg: DecodingConfig) -> list[tuple[str, int]]:
@@ -213,11 +235,17 @@ class BeamRanker:
         trie=None,
         model_path: str | None = None,
         history_trace: Callable[[Sequence[str]], str] | None = None,
+        history_view: Callable[[EvalExample], list[dict]] | None = None,
     ):
-        """`history_trace(history item ids)`: the trace of `trace_source="history"`."""
+        """`history_trace(history item ids)`: the trace of `trace_source="history"`;
+        `history_view(example)`: its prompt with the history cut, read when `view_weight > 0`
+        (`evaluation.protocols.history_viewer`)."""
         if cfg.trace_source == "history" and history_trace is None:
             raise ValueError("trace_source history needs a history_trace (the task build's trace builder)")
+        if cfg.view_weight and history_view is None:
+            raise ValueError("view_weight > 0 needs a history_view (evaluation.protocols.history_viewer)")
         self.history_trace = history_trace
+        self.history_view = history_view
         self.model = model
         self.tokenizer = tokenizer
         self.index = index
@@ -260,11 +288,11 @@ class BeamRanker:
 
     # ------------------------------------------------------------------ generation
 
-    def _answers(self, heads: list[list[int]], counts: list[int]):
+    def _answers(self, heads: list, counts: list[int]):
         """(new tokens per beam, beam scores), head by head, `counts[h]` beams for head h:
-        trie-constrained SID beams or free text."""
+        trie-constrained SID beams (a head is its views with `view_weight`) or free text."""
         if self.cfg.answer == "sid":
-            return self.decoder.sid_beams(self.model, heads, counts)
+            return self.decoder.sid_beams(self.model, heads, counts, view_weights=self.cfg.view_weights)
         return by_beam_count(heads, counts, self._text_beams)
 
     def _text_beams(self, heads: list[list[int]], k: int):
@@ -346,6 +374,10 @@ class BeamRanker:
         # each kind of head reads the prompt with its own switch, as its single-mode run does
         kinds = dict.fromkeys([kind for kind, _ in plan] + (["no_think"] if mode == "adaptive" else []))
         prompts = {kind: [self.prompt_ids(ex.messages, kind) for ex in batch] for kind in kinds}
+        viewed = None  # with view_weight, each prompt's last-items view: read with the same block
+        if self.cfg.view_weight:
+            views = [self.history_view(ex) for ex in batch]
+            viewed = {kind: [self.prompt_ids(v, kind) for v in views] for kind in kinds}
         if "think" not in prompts:
             traces = None
         elif self.cfg.trace_source == "history":
@@ -361,7 +393,8 @@ class BeamRanker:
             blocks = iter(traces[u] if traces else [])
             for kind, _ in plans[u]:
                 block = next(blocks) if kind == "think" else self.decoder.empty_block()
-                heads.append(prompts[kind][u] + block.ids)
+                head = prompts[kind][u] + block.ids
+                heads.append((head, viewed[kind][u] + block.ids) if viewed else head)
         new, scores = self._answers(heads, [k for u in range(len(batch)) for _, k in plans[u]])
         latency = (time.perf_counter() - began) / len(batch)
         records = []
@@ -597,11 +630,13 @@ def evaluate_checkpoint(
     progress: bool = True,
     model_and_tokenizer=None,
     history_trace: Callable[[Sequence[str]], str] | None = None,
+    history_view: Callable[[EvalExample], list[dict]] | None = None,
 ) -> tuple[list[dict], float]:
     """(run records, generation wall seconds) of one checkpoint in one mode.
 
     `index` may be None (read from the checkpoint). Pass `model_and_tokenizer` to reuse a
-    loaded model across modes; `history_trace` for `trace_source="history"` (`BeamRanker`).
+    loaded model across modes; `history_trace` for `trace_source="history"`, `history_view`
+    for `view_weight > 0` (`BeamRanker`).
     """
     from accelerate import PartialState
 
@@ -616,5 +651,13 @@ def evaluate_checkpoint(
     model, tokenizer = model_and_tokenizer
     model.eval()
     check_itemic_tokens(tokenizer, index, f"tokenizer of {model_path}", EVALUATE_WITH_ITS_INDEX)
-    ranker = BeamRanker(model, tokenizer, index, cfg, model_path=str(model_path), history_trace=history_trace)
+    ranker = BeamRanker(
+        model,
+        tokenizer,
+        index,
+        cfg,
+        model_path=str(model_path),
+        history_trace=history_trace,
+        history_view=history_view,
+    )
     return generate_run(ranker, examples, mode, run_path, shard_size, str(model_path), progress)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,9 +58,13 @@ class EvalExample:
         return {"key": self.key, "user_id": self.user_id, "history": self.history, "targets": self.targets}
 
 
+def numbered_sids(history_sids: Sequence[str]) -> str:
+    return "\n".join(f"{n}. {sid}" for n, sid in enumerate(history_sids, 1))
+
+
 def plain_prompt(history_sids: Sequence[str], mode: str = "no_think") -> list[dict]:
     """The prompt for examples without a task dataset: numbered SIDs, then the question."""
-    lines = "\n".join(f"{n}. {sid}" for n, sid in enumerate(history_sids, 1))
+    lines = numbered_sids(history_sids)
     return [{"role": "user", "content": with_switch(f"{HISTORY_HEADER}\n{lines}\n{QUESTION}", mode)}]
 
 
@@ -130,6 +134,53 @@ def examples_from_tasks(
     if not out:
         raise ValueError(f"{path}: split {split!r} has no rows of task(s) {list(tasks)}")
     return out
+
+
+def history_viewer(
+    index, n_items: int, tasks_config: str | Path | None = None, data_folder: str | Path | None = None
+) -> Callable[[EvalExample], list[dict]]:
+    """example -> its prompt with the history cut to its last `n_items` items (decoding's
+    `view_weight`): the user turn with its history rendered as the prompt renders it, the rest
+    of the prompt kept. With a pair-trained model (`rec_pair` rows) the last item alone is the
+    prompt of its pair rows. `tasks_config` (the task build's `config.yaml`) and `data_folder`
+    (its build-data folder) give the task build's renderer; without them the history is the
+    numbered SIDs of `plain_prompt`.
+    """
+    if tasks_config is None:
+
+        def render(history: Sequence[str]) -> str:
+            return numbered_sids([index.sid_text(i) for i in history if i in index])
+    else:
+        import yaml
+
+        from data_builders.tasks.build import BuildTasksConfig
+        from data_builders.tasks.catalog import build_catalog
+        from data_builders.tasks.history import HistoryRenderer
+        from data_builders.tasks.shards import history_style
+        from onereason.tables import read_items
+
+        settings = yaml.safe_load(Path(tasks_config).read_text()) or {}
+        known = BuildTasksConfig.__dataclass_fields__
+        catalog = build_catalog(read_items(data_folder), index)
+        renderer = HistoryRenderer(
+            catalog, history_style(BuildTasksConfig(**{k: v for k, v in settings.items() if k in known}))
+        )
+
+        def render(history: Sequence[str]) -> str:
+            return renderer([catalog.position[i] for i in history if i in catalog.position])
+
+    def view(ex: EvalExample) -> list[dict]:
+        *before, user = ex.messages
+        shown = [i for i in ex.history if i in index]
+        full, cut = render(shown), render(shown[-n_items:])
+        if full not in user["content"]:
+            raise ValueError(
+                f"user {ex.user_id}: the prompt does not show the history as "
+                f"{tasks_config or 'plain_prompt'} renders it, so it cannot be cut to a view"
+            )
+        return [*before, {**user, "content": user["content"].replace(full, cut, 1)}]
+
+    return view
 
 
 def read_minionerec_csv(path: str | Path) -> list[dict]:

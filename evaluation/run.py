@@ -51,6 +51,7 @@ from evaluation.protocols import (
     check_targets,
     examples_from_rows,
     examples_from_tasks,
+    history_viewer,
     read_minionerec_csv,
     read_split,
 )
@@ -239,6 +240,19 @@ def build_data_folder(cfg: EvalConfig) -> Path | None:
     return None
 
 
+def views_of(cfg: EvalConfig, kind: str, index, n_items: int):
+    """The last-items view of each example (decoding's `view_weight`), rendered as its prompt is."""
+    if kind != "tasks":
+        return history_viewer(index, n_items)
+    built, data = Path(cfg.data_path) / "config.yaml", build_data_folder(cfg)
+    if data is None or not built.is_file():
+        raise ValueError(
+            f"view_weight needs the task build's config.yaml and its build-data folder to render a view: "
+            f"{cfg.data_path} has no {'config.yaml' if not built.is_file() else 'items table'}"
+        )
+    return history_viewer(index, n_items, built, data)
+
+
 def valid_rows(cfg: EvalConfig) -> list[dict] | None:
     """Validation split rows beside the train split (SASRec stops on them), if there are any."""
     train = Path(cfg.train_split) if cfg.train_split else Path(cfg.data_path) / "splits" / "train.parquet"
@@ -364,6 +378,7 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
                     f"{cfg.data_path} has no {'config.yaml' if not built.is_file() else 'items table'}"
                 )
             tracer = history_tracer(this_index, build_data_folder(cfg), built)
+        viewer = views_of(cfg, kind, this_index, decoding.view_items) if decoding.view_weight else None
         for mode in cfg.modes:
             run, wall = evaluate_checkpoint(
                 model_path,
@@ -375,6 +390,7 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
                 cfg.shard_size,
                 model_and_tokenizer=loaded,
                 history_trace=tracer,
+                history_view=viewer,
             )
             traces = trace_quality(run, scorer, histories, k_top) if mode in TRACE_MODES else None
             shares = mode_shares(run, k_top) if mode in ("race", "adaptive") else None

@@ -353,19 +353,29 @@ class TwoStageDecoder:
     # ------------------------------------------------------------------ stage 2
 
     def sid_beams(
-        self, model, heads: Sequence[Sequence[int]], num_beams: int | Sequence[int], num_sids: int = 1
+        self,
+        model,
+        heads: Sequence[Sequence[int]],
+        num_beams: int | Sequence[int],
+        num_sids: int = 1,
+        view_weights: Sequence[float] | None = None,
     ) -> tuple[list[list[int]], list[float]]:
         """The top trie-valid answers of every head, flattened head by head, with scores.
 
         `num_beams` is one count for every head or one per head (`by_beam_count`). A beam
         ends with EOS then padding; when the trie has fewer answers than beams, the missing
-        beams have score `-inf` (callers skip them).
+        beams have score `-inf` (callers skip them). With `view_weights` (V of them) each head
+        is V token lists, the views of one request, searched together: a SID scores
+        sum_v w_v log p(SID | view v) (`onereason.sid_beam`, "views").
         """
         counts = [num_beams] * len(heads) if isinstance(num_beams, int) else list(num_beams)
-        return by_beam_count(heads, counts, lambda hs, k: self._sid_search(model, hs, k, num_sids))
+        weights = tuple(view_weights or (1.0,))
+        return by_beam_count(heads, counts, lambda hs, k: self._sid_search(model, hs, k, num_sids, weights))
 
-    def _sid_search(self, model, heads: list[list[int]], num_beams: int, num_sids: int):
+    def _sid_search(self, model, heads: list, num_beams: int, num_sids: int, view_weights=(1.0,)):
         device = next(model.parameters()).device
+        if len(view_weights) > 1:  # each head is its views: stack them view by view
+            heads = [list(head[v]) for v in range(len(view_weights)) for head in heads]
         input_ids, attention = left_padded(heads, self.pad_id)
         sequences, scores = constrained_beam_search(
             model,
@@ -375,6 +385,7 @@ class TwoStageDecoder:
             num_beams=num_beams,
             num_sids=num_sids,
             pad_token_id=self.pad_id,
+            view_weights=view_weights,
         )
         return sequences.flatten(0, 1).tolist(), scores.flatten().tolist()
 

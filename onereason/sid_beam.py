@@ -25,9 +25,19 @@ while others go on. With `num_sids` SIDs of equal length every beam finishes at 
 step; with `allow_fewer` some finish earlier and compete by their (larger, shorter) scores.
 When the trie has fewer than K completions, the missing beams have score `-inf` and
 sequences of `pad_token_id`: callers must skip them.
+
+**Views** (`view_weights`, V of them): each user's prompt comes V times, as V views of the
+same request (say the whole history, and its last item alone), stacked view by view: rows
+`v * B ... v * B + B - 1` of the batch are view v of users 0 .. B - 1. One beam search runs
+per user over the weighted sum of the views' log-probabilities: a SID scores
+sum_v w_v log p(SID, EOS | view v), a product of experts, the model with itself. Each
+view keeps its own KV cache; all follow the same beams. With one view of weight 1 this is
+the plain search.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
@@ -108,10 +118,12 @@ def constrained_beam_search(
     num_sids: int = 1,
     allow_fewer: bool | None = None,
     pad_token_id: int | None = None,
+    view_weights: Sequence[float] = (1.0,),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sequences [B, num_beams, T], scores [B, num_beams]) of the best trie-valid answers.
 
-    `input_ids` / `attention_mask` are a left-padded batch of prompts [B, W]. `sequences`
+    `input_ids` / `attention_mask` are a left-padded batch of prompts [V * B, W], V =
+    `len(view_weights)` views of B users, stacked view by view (module doc). `sequences`
     holds only the generated tokens (SID tokens, then EOS, then `pad_token_id`); T is at most
     `num_sids * sid_length + 1`. Beams are sorted by score, best first; see the module doc
     for what a score is and for the `-inf` padding beams.
@@ -123,11 +135,15 @@ def constrained_beam_search(
             f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
             "must be the same [batch, width]"
         )
+    views = len(view_weights)
+    if views < 1 or input_ids.shape[0] % views:
+        raise ValueError(f"{input_ids.shape[0]} prompts are not {views} views of the same users")
     allow_fewer = trie.allow_fewer if allow_fewer is None else allow_fewer
     device = input_ids.device
     eos_ids = trie.eos_ids(device)
     pad = int(eos_ids[0]) if pad_token_id is None else int(pad_token_id)
-    batch = input_ids.shape[0]
+    batch = input_ids.shape[0] // views
+    weights = torch.tensor(view_weights, dtype=torch.float32, device=device).view(views, 1, 1)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
 
     # Prefill each prompt once; positions count real tokens only (left padding).
@@ -140,7 +156,7 @@ def constrained_beam_search(
         use_cache=True,
         logits_to_keep=1,
     )
-    next_position = attention_mask.sum(-1)  # [B]: position of the first answer token
+    next_position = attention_mask.sum(-1)  # [V * B]: position of the first answer token
     logits = out.logits[:, -1]
 
     # Beam state, [batch * beams_per_prompt] rows; one live beam per prompt to start.
@@ -154,7 +170,9 @@ def constrained_beam_search(
         # What may follow each beam's prefix; finished beams carry over as a single candidate.
         vocab = logits.shape[-1]
         allowed = trie.allowed_tokens(node, step, vocab, num_sids, allow_fewer)
-        log_probs = torch.log_softmax(logits.float(), dim=-1).masked_fill(~allowed, float("-inf"))
+        log_probs = torch.log_softmax(logits.float(), dim=-1).view(views, batch * width, vocab)
+        log_probs = (weights * log_probs).sum(0)  # [batch * width, vocab]: the views' weighted sum
+        log_probs = log_probs.masked_fill(~allowed, float("-inf"))
         candidates = scores.reshape(-1, 1) + log_probs  # [batch * width, vocab]
         flat_finished = finished.reshape(-1)
         carried = torch.full_like(candidates, float("-inf"))
@@ -174,24 +192,27 @@ def constrained_beam_search(
         tokens = torch.cat(
             [tokens.reshape(batch * width, -1)[rows].reshape(batch, k, -1), token[..., None]], -1
         )
-        width = k
+        parents, width = width, k
 
         # Advance the trie: a completed SID goes back to the root for the next one.
         node = trie.advance(node[rows], token.reshape(-1), step)
         if bool(finished.all()):
             break
 
-        # One decoding step for every beam (finished ones too: the batch moves together).
+        # One decoding step for every beam (finished ones too: the batch moves together), in
+        # every view: view v's rows follow the same beams, offset by its block.
+        view_rows = torch.cat([v * batch * parents + rows for v in range(views)]) if views > 1 else rows
         if step == 0 and k == num_beams:  # the beam count stays k from here on
-            _expand_cache(cache, rows, k, input_ids.shape[1] + num_sids * sid_length + 1)
+            _expand_cache(cache, view_rows, k, input_ids.shape[1] + num_sids * sid_length + 1)
         else:
-            cache.reorder_cache(rows)
+            cache.reorder_cache(view_rows)
         attention_mask = torch.cat(
-            [attention_mask[rows], torch.ones(batch * k, 1, dtype=torch.long, device=device)], dim=1
+            [attention_mask[view_rows], torch.ones(views * batch * k, 1, dtype=torch.long, device=device)],
+            dim=1,
         )
-        next_position = next_position[rows]
+        next_position = next_position[view_rows]
         out = model(
-            input_ids=token.reshape(-1, 1),
+            input_ids=token.reshape(1, -1).expand(views, -1).reshape(-1, 1),
             attention_mask=attention_mask,
             position_ids=(next_position + step).unsqueeze(1),
             past_key_values=cache,

@@ -288,3 +288,76 @@ def test_model_head_loss_equals_trl_fused_head_loss(sequence_build, tmp_path):
     assert abs(full.loss.item() - loss.item()) < 1e-5 * loss.item()
     for ours, theirs in zip(grads, torch.autograd.grad(full.loss, list(model.parameters()))):
         assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-4)
+
+
+def test_a_last_item_view_of_a_row_is_the_prompt_of_its_pair_row(sequence_build):
+    """`history_viewer(index, 1, ...)` cuts a prompt's history to its last item as the task
+    build renders it: the view of every per-target train row is the prompt of its pair row."""
+    from evaluation.protocols import EvalExample, history_viewer
+
+    root, index, _ = sequence_build
+    pairs, per_target = train_only_rows(root, "rec_pair")
+    view = history_viewer(index, 1, root / "tasks" / "config.yaml", root / "data")
+    prompts: dict[tuple, list] = {}
+    for r in pairs:
+        prompts.setdefault((r["user_id"], r["history_items"][0], tuple(r["target_items"])), []).append(
+            r["prompt"]
+        )
+    checked = 0
+    for n, r in enumerate(per_target.select(range(40))):
+        if len(r["history_items"]) < 2:
+            continue
+        ex = EvalExample(
+            f"{r['user_id']}#{n}", r["user_id"], r["prompt"], r["target_items"], r["history_items"]
+        )
+        viewed = view(ex)
+        assert viewed != r["prompt"]
+        assert viewed in prompts[(r["user_id"], r["history_items"][-1], tuple(r["target_items"]))]
+        checked += 1
+    assert checked >= 10
+    stranger = EvalExample("x#0", "x", r["prompt"], r["target_items"], list(reversed(r["history_items"])))
+    with pytest.raises(ValueError, match="does not show the history"):
+        view(stranger)
+
+
+@torch.no_grad()
+def test_a_viewed_search_scores_the_prompt_and_its_view_together(sequence_build):
+    """With `view_weight` w each beam's score is log p(SID | prompt) + w log p(SID | last-item
+    view), teacher-forced, and the ranker's records carry exactly those beams."""
+    from evaluation.generate import BeamRanker, DecodingConfig
+    from evaluation.protocols import examples_from_tasks, history_viewer
+    from onereason.modeling import load_model_and_tokenizer
+
+    root, index, model_path = sequence_build
+    model, tokenizer = load_model_and_tokenizer(model_path, dtype=torch.float32)
+    model.eval()
+    view = history_viewer(index, 1, root / "tasks" / "config.yaml", root / "data")
+    examples = [ex for ex in examples_from_tasks(root / "tasks", "test") if len(ex.history) > 1][:4]
+    cfg = DecodingConfig(num_beams=5, batch_size=4, view_weight=0.5)
+    ranker = BeamRanker(model, tokenizer, index, cfg, history_view=view)
+    empty = ranker.decoder.empty_block().ids
+    heads = [
+        (ranker.prompt_ids(ex.messages, "no_think") + empty, ranker.prompt_ids(view(ex), "no_think") + empty)
+        for ex in examples
+    ]
+    new, scores = ranker.decoder.sid_beams(model, heads, 5, view_weights=cfg.view_weights)
+
+    def log_p(head: list[int], answer: list[int]) -> float:
+        ids = torch.tensor([head + answer])
+        logits = model(ids).logits[0, len(head) - 1 : -1]
+        return torch.log_softmax(logits.float(), -1).gather(-1, ids[0, len(head) :, None]).sum().item()
+
+    for u, (full, viewed) in enumerate(heads):
+        for b in range(5 * u, 5 * u + 5):
+            answer = new[b][: next(i for i, t in enumerate(new[b]) if t in ranker.eos_ids) + 1]
+            assert scores[b] == pytest.approx(log_p(full, answer) + 0.5 * log_p(viewed, answer), abs=1e-4)
+    records = ranker.rank(examples, "no_think")
+    for u, record in enumerate(records):
+        assert record["scores"] == pytest.approx(scores[5 * u : 5 * u + 5], abs=1e-5)
+        assert record["ranked_sids"] == [ranker._tokens_text(t) for t in new[5 * u : 5 * u + 5]]
+    plain = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=5, batch_size=4)).rank(
+        examples, "no_think"
+    )
+    assert [r["scores"] for r in plain] != [r["scores"] for r in records]
+    with pytest.raises(ValueError, match="history_view"):
+        BeamRanker(model, tokenizer, index, cfg)

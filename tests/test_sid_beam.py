@@ -182,6 +182,46 @@ def test_the_buffered_beam_cache_equals_the_cache_s_own_reorder(world, monkeypat
     torch.testing.assert_close(fast[1], plain[1], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("fast_cache", [True, False])
+def test_views_search_the_weighted_sum_of_their_log_probs(world, monkeypatch, fast_cache):
+    """Two views of each user (stacked view by view): the beams are exactly the best SIDs by
+    w0 log p(SID | view 0) + w1 log p(SID | view 1), with either cache path."""
+    import onereason.sid_beam as sid_beam
+
+    model, tokenizer = world
+    if not fast_cache:
+        monkeypatch.setattr(sid_beam, "_expand_cache", lambda cache, rows, *_: cache.reorder_cache(rows))
+    index = small_index(12, seed=11)
+    trie = SIDTrie.from_index(index, tokenizer)
+    sids = sid_token_sequences(index, tokenizer)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    views = [PROMPTS, [PROMPTS[2], PROMPTS[0], PROMPTS[1][:40]]]  # view 1 of user u: another prompt
+    heads, ids, mask = tokenized_left_padded(tokenizer, views[0] + views[1], pad)
+    weights = (1.0, 0.5)
+    sequences, scores = constrained_beam_search(
+        model, ids, mask, trie, num_beams=12, pad_token_id=pad, view_weights=weights
+    )
+    assert sequences.shape == (3, 12, trie.sid_length + 1)
+    for b in range(3):
+        by_view = [
+            dict((seq, s) for s, seq in exhaustive(model, heads[v * 3 + b], sids, eos, 1, False))
+            for v in (0, 1)
+        ]
+        expected = sorted(
+            ((weights[0] * by_view[0][a] + weights[1] * by_view[1][a], a) for a in by_view[0]), reverse=True
+        )
+        got = beams_of(sequences, scores, b, pad)
+        assert [seq for _, seq in got] == [seq for _, seq in expected]
+        np.testing.assert_allclose([s for s, _ in got], [s for s, _ in expected], atol=1e-4)
+    one = constrained_beam_search(model, ids[:3], mask[:3], trie, num_beams=5, pad_token_id=pad)
+    same = constrained_beam_search(
+        model, ids[:3], mask[:3], trie, num_beams=5, pad_token_id=pad, view_weights=[1.0]
+    )
+    assert torch.equal(one[0], same[0]) and torch.equal(one[1], same[1])
+    with pytest.raises(ValueError, match="views"):
+        constrained_beam_search(model, ids[:3], mask[:3], trie, num_beams=5, view_weights=weights)
+
+
 def test_beam_ranker_skips_padding_beams_of_a_small_catalogue(world):
     from evaluation.generate import BeamRanker, DecodingConfig
     from evaluation.protocols import examples_from_rows
