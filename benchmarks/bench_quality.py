@@ -7,8 +7,9 @@
 model, alignment, SFT and GRPO seeds change) and reads its report. `scientific` builds the data
 and SIDs once (`recipes/scientific/`), then per seed: a fresh `rec`-preset model, SFT on the
 sequence and pair rows (timed: the bar is <= 45 minutes on 2 cores), and a non-thinking evaluation of
-*all* test users against popularity, co-occurrence and SASRec (20 beams; every row ranked to
-the same depth). Seeds may run one at a time, on different days: results accumulate in
+*all* test users against popularity, co-occurrence and SASRec (20 beams, each SID scored with the history and with
+the last item alone, `view_weight` in `recipes/scientific/eval.yaml`; every row ranked to the
+same depth). Seeds may run one at a time, on different days: results accumulate in
 `runs/bench_quality/<world>.json`, and the table printed (and written to `<world>.md`) holds
 every seed run so far, with the mean and the worst seed.
 """
