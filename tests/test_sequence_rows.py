@@ -361,3 +361,18 @@ def test_a_viewed_search_scores_the_prompt_and_its_view_together(sequence_build)
     assert [r["scores"] for r in plain] != [r["scores"] for r in records]
     with pytest.raises(ValueError, match="history_view"):
         BeamRanker(model, tokenizer, index, cfg)
+
+
+def test_a_view_of_a_plain_prompt_is_the_plain_prompt_of_its_last_items():
+    """Examples from split rows (numbered SIDs, no task build): a view renumbers the cut history
+    as `plain_prompt` would, and items the index lacks stay out of both."""
+    from test_sid_beam import small_index
+
+    from evaluation.protocols import examples_from_rows, history_viewer, plain_prompt
+
+    index = small_index(10)
+    rows = [{"user_id": "u", "history": ["i1", "gone", "i2", "i3"], "target": "i4"}]
+    (ex,) = examples_from_rows(rows, index)
+    sids = lambda ids: [index.sid_text(i) for i in ids]  # noqa: E731
+    assert history_viewer(index, 2)(ex) == plain_prompt(sids(["i2", "i3"]))
+    assert history_viewer(index, 9)(ex) == ex.messages == plain_prompt(sids(["i1", "i2", "i3"]))
