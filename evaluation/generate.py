@@ -46,12 +46,13 @@ think block instead of a sampled one (`evaluation.traces.history_tracer`; a shor
 the history only, never the target), and the model writes only the SIDs after it: what a
 *right* trace is worth to this model, the ceiling of teaching it to write its own.
 
-`view_weight=w > 0` searches every head together with its **view**: the same prompt with
-the history cut to its last `view_items` items (`evaluation.protocols.history_viewer`, the
-task build's renderer), followed by the same think block. A SID scores log p(SID | prompt) +
-w log p(SID | view) (`onereason.sid_beam`, "views"): for a model trained on pair rows the
-one-item view is their prompt, the item-to-item memory co-occurrence keeps, and the whole
-history reweighs it. Same beams, twice the prompts.
+`view_weight=[w0, w1, ...]` searches every head together with its **views**: the same prompt
+with the history cut to `view_items` items, its last ones for view 0 and ending one item
+earlier for each view after it (`evaluation.protocols.history_viewer`, the task build's
+renderer), each followed by the same think block. A SID scores log p(SID | prompt) +
+sum_j w_j log p(SID | view j) (`onereason.sid_beam`, "views"): for a model trained on pair rows
+the one-item views are their prompts, the item-to-item memory co-occurrence keeps over its
+window, and the whole history reweighs it. Same beams, one more prompt per view.
 
 Both stages run on `onereason.decoding.TwoStageDecoder`, the decoder RL rollouts use too.
 SID answers are decoded by `onereason.sid_beam.constrained_beam_search`, which encodes each
@@ -93,7 +94,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -155,9 +156,10 @@ class DecodingConfig:
     trace_source: str = "model"
     merge: str = "mean_prob"
     race_merge: str = "rank"
-    # > 0: every SID search also reads the prompt with the history cut to its last `view_items`
-    # items and scores a SID by log p(SID | prompt) + view_weight * log p(SID | that view)
-    view_weight: float = 0.0
+    # one weight per view (none: no view): every SID search also reads the prompt with its history
+    # cut to `view_items` items, the last ones, then ending one item earlier per further view, and
+    # scores a SID by log p(SID | prompt) + sum_j view_weight[j] * log p(SID | view j)
+    view_weight: list[float] = field(default_factory=list)
     view_items: int = 1
     answer: str = "sid"
     max_answer_tokens: int = 48  # Term-ID answers only; SID answers use the SID length + EOS
@@ -186,7 +188,10 @@ class DecodingConfig:
             raise ValueError(f"trace_source must be one of {TRACE_SOURCES}, got {self.trace_source!r}")
         if self.trace_source == "history" and self.think_samples != 1:
             raise ValueError("trace_source history writes one trace per user: use think_samples 1")
-        if self.view_weight < 0 or self.view_items < 1:
+        if isinstance(self.view_weight, (int, float)):  # one view, as YAML or Python often says it
+            self.view_weight = [self.view_weight]
+        self.view_weight = [float(w) for w in self.view_weight] if any(self.view_weight) else []
+        if any(w < 0 for w in self.view_weight) or self.view_items < 1:
             raise ValueError(
                 f"view_weight must be >= 0 and view_items >= 1, got {self.view_weight}, {self.view_items}"
             )
@@ -195,8 +200,8 @@ class DecodingConfig:
 
     @property
     def view_weights(self) -> tuple[float, ...] | None:
-        """The SID search's weights of (the prompt, its last-items view), or None: no view."""
-        return (1.0, self.view_weight) if self.view_weight else None
+        """The SID search's weights of (the prompt, its views...), or None: no view."""
+        return (1.0, *self.view_weight) if self.view_weight else None
 
 
 def head_beams(mode: str, cfg: DecodingConfig) -> list[tuple[str, int]]:
@@ -238,12 +243,12 @@ class BeamRanker:
         history_view: Callable[[EvalExample], list[dict]] | None = None,
     ):
         """`history_trace(history item ids)`: the trace of `trace_source="history"`;
-        `history_view(example)`: its prompt with the history cut, read when `view_weight > 0`
+        `history_view(example)`: its views (prompts with the history cut), one per `view_weight`
         (`evaluation.protocols.history_viewer`)."""
         if cfg.trace_source == "history" and history_trace is None:
             raise ValueError("trace_source history needs a history_trace (the task build's trace builder)")
         if cfg.view_weight and history_view is None:
-            raise ValueError("view_weight > 0 needs a history_view (evaluation.protocols.history_viewer)")
+            raise ValueError("view_weight needs a history_view (evaluation.protocols.history_viewer)")
         self.history_trace = history_trace
         self.history_view = history_view
         self.model = model
@@ -374,10 +379,10 @@ class BeamRanker:
         # each kind of head reads the prompt with its own switch, as its single-mode run does
         kinds = dict.fromkeys([kind for kind, _ in plan] + (["no_think"] if mode == "adaptive" else []))
         prompts = {kind: [self.prompt_ids(ex.messages, kind) for ex in batch] for kind in kinds}
-        viewed = None  # with view_weight, each prompt's last-items view: read with the same block
+        viewed = None  # with view_weight, each prompt's views: read with the same block
         if self.cfg.view_weight:
             views = [self.history_view(ex) for ex in batch]
-            viewed = {kind: [self.prompt_ids(v, kind) for v in views] for kind in kinds}
+            viewed = {kind: [[self.prompt_ids(v, kind) for v in vs] for vs in views] for kind in kinds}
         if "think" not in prompts:
             traces = None
         elif self.cfg.trace_source == "history":
@@ -394,7 +399,7 @@ class BeamRanker:
             for kind, _ in plans[u]:
                 block = next(blocks) if kind == "think" else self.decoder.empty_block()
                 head = prompts[kind][u] + block.ids
-                heads.append((head, viewed[kind][u] + block.ids) if viewed else head)
+                heads.append((head, *[v + block.ids for v in viewed[kind][u]]) if viewed else head)
         new, scores = self._answers(heads, [k for u in range(len(batch)) for _, k in plans[u]])
         latency = (time.perf_counter() - began) / len(batch)
         records = []

@@ -137,14 +137,20 @@ def examples_from_tasks(
 
 
 def history_viewer(
-    index, n_items: int, tasks_config: str | Path | None = None, data_folder: str | Path | None = None
-) -> Callable[[EvalExample], list[dict]]:
-    """example -> its prompt with the history cut to its last `n_items` items (decoding's
-    `view_weight`): the user turn with its history rendered as the prompt renders it, the rest
-    of the prompt kept. With a pair-trained model (`rec_pair` rows) the last item alone is the
-    prompt of its pair rows. `tasks_config` (the task build's `config.yaml`) and `data_folder`
-    (its build-data folder) give the task build's renderer; without them the history is the
-    numbered SIDs of `plain_prompt`.
+    index,
+    n_items: int,
+    tasks_config: str | Path | None = None,
+    data_folder: str | Path | None = None,
+    n_views: int = 1,
+) -> Callable[[EvalExample], list[list[dict]]]:
+    """example -> its `n_views` views (decoding's `view_weight`): the prompt with the history cut
+    to `n_items` consecutive items, the last ones for view 0, ending one item earlier for each
+    view after it (a history too short for a view shows its first items), rendered as the prompt
+    renders the history, the rest of the prompt kept. With a pair-trained model (`rec_pair`
+    rows, `pair_window` w) the views of one item are the prompts of its pair rows: the last
+    item alone, the one before it alone, ... `tasks_config` (the task build's `config.yaml`)
+    and `data_folder` (its build-data folder) give the task build's renderer; without them the
+    history is the numbered SIDs of `plain_prompt`.
     """
     if tasks_config is None:
 
@@ -169,18 +175,23 @@ def history_viewer(
         def render(history: Sequence[str]) -> str:
             return renderer([catalog.position[i] for i in history if i in catalog.position])
 
-    def view(ex: EvalExample) -> list[dict]:
+    def views(ex: EvalExample) -> list[list[dict]]:
         *before, user = ex.messages
         shown = [i for i in ex.history if i in index]
-        full, cut = render(shown), render(shown[-n_items:])
+        full = render(shown)
         if full not in user["content"]:
             raise ValueError(
                 f"user {ex.user_id}: the prompt does not show the history as "
                 f"{tasks_config or 'plain_prompt'} renders it, so it cannot be cut to a view"
             )
-        return [*before, {**user, "content": user["content"].replace(full, cut, 1)}]
+        out = []
+        for skip in range(n_views):
+            end = max(min(n_items, len(shown)), len(shown) - skip)
+            cut = render(shown[max(0, end - n_items) : end])
+            out.append([*before, {**user, "content": user["content"].replace(full, cut, 1)}])
+        return out
 
-    return view
+    return views
 
 
 def read_minionerec_csv(path: str | Path) -> list[dict]:

@@ -240,17 +240,18 @@ def build_data_folder(cfg: EvalConfig) -> Path | None:
     return None
 
 
-def views_of(cfg: EvalConfig, kind: str, index, n_items: int):
-    """The last-items view of each example (decoding's `view_weight`), rendered as its prompt is."""
+def views_of(cfg: EvalConfig, kind: str, index, decoding: DecodingConfig):
+    """The views of each example (decoding's `view_weight`), rendered as its prompt is."""
+    n_items, n_views = decoding.view_items, len(decoding.view_weight)
     if kind != "tasks":
-        return history_viewer(index, n_items)
+        return history_viewer(index, n_items, n_views=n_views)
     built, data = Path(cfg.data_path) / "config.yaml", build_data_folder(cfg)
     if data is None or not built.is_file():
         raise ValueError(
             f"view_weight needs the task build's config.yaml and its build-data folder to render a view: "
             f"{cfg.data_path} has no {'config.yaml' if not built.is_file() else 'items table'}"
         )
-    return history_viewer(index, n_items, built, data)
+    return history_viewer(index, n_items, built, data, n_views)
 
 
 def valid_rows(cfg: EvalConfig) -> list[dict] | None:
@@ -378,7 +379,7 @@ def evaluate(cfg: EvalConfig, decoding: DecodingConfig, safety: SafetyArguments 
                     f"{cfg.data_path} has no {'config.yaml' if not built.is_file() else 'items table'}"
                 )
             tracer = history_tracer(this_index, build_data_folder(cfg), built)
-        viewer = views_of(cfg, kind, this_index, decoding.view_items) if decoding.view_weight else None
+        viewer = views_of(cfg, kind, this_index, decoding) if decoding.view_weight else None
         for mode in cfg.modes:
             run, wall = evaluate_checkpoint(
                 model_path,

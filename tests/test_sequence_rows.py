@@ -116,14 +116,25 @@ def test_pair_rows_show_the_last_item_of_every_train_row(sequence_build):
         assert any(cut_to_last(row, twin) for twin in twins[key])
 
 
+def pair_window_argv(root) -> list[str]:
+    """`build-tasks` arguments of the fixture's data into `tasks-w2`, without a pair window yet."""
+    argv = ["--data_dir", str(root / "data"), "--item_index", str(root / "item_index.json")]
+    argv += ["--out_dir", str(root / "tasks-w2"), "--mixture", str(root / "mixture.yaml")]
+    return argv + ["--history_text", "none", "--system_prompt", "false", "--max_history", "8"]
+
+
+def pair_window_build(root):
+    """The fixture's data built with `pair_window: 2` (once per fixture)."""
+    if not (root / "tasks-w2" / "dataset_dict.json").exists():
+        assert build_tasks_main([*pair_window_argv(root), "--pair_window", "2"]) == 0
+    return root / "tasks-w2"
+
+
 def test_a_pair_window_adds_a_row_from_each_earlier_item(sequence_build):
     """`pair_window: 2`: besides the last item, the second-to-last alone -> the same next item."""
     root, _, _ = sequence_build
-    argv = ["--data_dir", str(root / "data"), "--item_index", str(root / "item_index.json")]
-    argv += ["--out_dir", str(root / "tasks-w2"), "--mixture", str(root / "mixture.yaml")]
-    argv += ["--history_text", "none", "--system_prompt", "false", "--max_history", "8"]
-    assert build_tasks_main([*argv, "--pair_window", "2"]) == 0
-    ds = load_from_disk(str(root / "tasks-w2"))["train"]
+    argv = pair_window_argv(root)
+    ds = load_from_disk(str(pair_window_build(root)))["train"]
     pairs = ds.filter(lambda t: t == "rec_pair", input_columns="task")
     per_target = ds.filter(lambda t: t == "rec_sid", input_columns="task")
     expected = Counter()
@@ -290,19 +301,22 @@ def test_model_head_loss_equals_trl_fused_head_loss(sequence_build, tmp_path):
         assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-4)
 
 
-def test_a_last_item_view_of_a_row_is_the_prompt_of_its_pair_row(sequence_build):
-    """`history_viewer(index, 1, ...)` cuts a prompt's history to its last item as the task
-    build renders it: the view of every per-target train row is the prompt of its pair row."""
+def test_the_one_item_views_of_a_row_are_the_prompts_of_its_pair_rows(sequence_build):
+    """`history_viewer(index, 1, ..., n_views=2)` cuts a prompt's history to its last item, then
+    to the one before it, as the task build renders it: with `pair_window: 2` the two views of
+    every per-target train row are the prompts of its two pair rows."""
     from evaluation.protocols import EvalExample, history_viewer
 
     root, index, _ = sequence_build
-    pairs, per_target = train_only_rows(root, "rec_pair")
-    view = history_viewer(index, 1, root / "tasks" / "config.yaml", root / "data")
+    tasks = pair_window_build(root)
+    train = load_from_disk(str(tasks))["train"]
+    views = history_viewer(index, 1, tasks / "config.yaml", root / "data", n_views=2)
     prompts: dict[tuple, list] = {}
-    for r in pairs:
+    for r in train.filter(lambda t: t == "rec_pair", input_columns="task"):
         prompts.setdefault((r["user_id"], r["history_items"][0], tuple(r["target_items"])), []).append(
             r["prompt"]
         )
+    per_target = train.filter(lambda t: t == "rec_sid", input_columns="task")
     checked = 0
     for n, r in enumerate(per_target.select(range(40))):
         if len(r["history_items"]) < 2:
@@ -310,20 +324,22 @@ def test_a_last_item_view_of_a_row_is_the_prompt_of_its_pair_row(sequence_build)
         ex = EvalExample(
             f"{r['user_id']}#{n}", r["user_id"], r["prompt"], r["target_items"], r["history_items"]
         )
-        viewed = view(ex)
-        assert viewed != r["prompt"]
-        assert viewed in prompts[(r["user_id"], r["history_items"][-1], tuple(r["target_items"]))]
+        last, before = views(ex)
+        assert r["prompt"] != last and (last != before) == (r["history_items"][-1] != r["history_items"][-2])
+        assert last in prompts[(r["user_id"], r["history_items"][-1], tuple(r["target_items"]))]
+        assert before in prompts[(r["user_id"], r["history_items"][-2], tuple(r["target_items"]))]
         checked += 1
     assert checked >= 10
     stranger = EvalExample("x#0", "x", r["prompt"], r["target_items"], list(reversed(r["history_items"])))
     with pytest.raises(ValueError, match="does not show the history"):
-        view(stranger)
+        views(stranger)
 
 
 @torch.no_grad()
 def test_a_viewed_search_scores_the_prompt_and_its_view_together(sequence_build):
-    """With `view_weight` w each beam's score is log p(SID | prompt) + w log p(SID | last-item
-    view), teacher-forced, and the ranker's records carry exactly those beams."""
+    """With `view_weight` [w0, w1] each beam's score is log p(SID | prompt) + w0 log p(SID | last
+    item) + w1 log p(SID | the item before it), teacher-forced, and the ranker's records carry
+    exactly those beams."""
     from evaluation.generate import BeamRanker, DecodingConfig
     from evaluation.protocols import examples_from_tasks, history_viewer
     from onereason.modeling import load_model_and_tokenizer
@@ -331,14 +347,13 @@ def test_a_viewed_search_scores_the_prompt_and_its_view_together(sequence_build)
     root, index, model_path = sequence_build
     model, tokenizer = load_model_and_tokenizer(model_path, dtype=torch.float32)
     model.eval()
-    view = history_viewer(index, 1, root / "tasks" / "config.yaml", root / "data")
+    views = history_viewer(index, 1, root / "tasks" / "config.yaml", root / "data", n_views=2)
     examples = [ex for ex in examples_from_tasks(root / "tasks", "test") if len(ex.history) > 1][:4]
-    cfg = DecodingConfig(num_beams=5, batch_size=4, view_weight=0.5)
-    ranker = BeamRanker(model, tokenizer, index, cfg, history_view=view)
+    cfg = DecodingConfig(num_beams=5, batch_size=4, view_weight=[0.5, 0.25])
+    ranker = BeamRanker(model, tokenizer, index, cfg, history_view=views)
     empty = ranker.decoder.empty_block().ids
     heads = [
-        (ranker.prompt_ids(ex.messages, "no_think") + empty, ranker.prompt_ids(view(ex), "no_think") + empty)
-        for ex in examples
+        tuple(ranker.prompt_ids(m, "no_think") + empty for m in [ex.messages, *views(ex)]) for ex in examples
     ]
     new, scores = ranker.decoder.sid_beams(model, heads, 5, view_weights=cfg.view_weights)
 
@@ -347,10 +362,11 @@ def test_a_viewed_search_scores_the_prompt_and_its_view_together(sequence_build)
         logits = model(ids).logits[0, len(head) - 1 : -1]
         return torch.log_softmax(logits.float(), -1).gather(-1, ids[0, len(head) :, None]).sum().item()
 
-    for u, (full, viewed) in enumerate(heads):
+    for u, (full, last, before) in enumerate(heads):
         for b in range(5 * u, 5 * u + 5):
             answer = new[b][: next(i for i, t in enumerate(new[b]) if t in ranker.eos_ids) + 1]
-            assert scores[b] == pytest.approx(log_p(full, answer) + 0.5 * log_p(viewed, answer), abs=1e-4)
+            fused = log_p(full, answer) + 0.5 * log_p(last, answer) + 0.25 * log_p(before, answer)
+            assert scores[b] == pytest.approx(fused, abs=1e-4)
     records = ranker.rank(examples, "no_think")
     for u, record in enumerate(records):
         assert record["scores"] == pytest.approx(scores[5 * u : 5 * u + 5], abs=1e-5)
@@ -374,5 +390,12 @@ def test_a_view_of_a_plain_prompt_is_the_plain_prompt_of_its_last_items():
     rows = [{"user_id": "u", "history": ["i1", "gone", "i2", "i3"], "target": "i4"}]
     (ex,) = examples_from_rows(rows, index)
     sids = lambda ids: [index.sid_text(i) for i in ids]  # noqa: E731
-    assert history_viewer(index, 2)(ex) == plain_prompt(sids(["i2", "i3"]))
-    assert history_viewer(index, 9)(ex) == ex.messages == plain_prompt(sids(["i1", "i2", "i3"]))
+    assert history_viewer(index, 2)(ex) == [plain_prompt(sids(["i2", "i3"]))]
+    assert history_viewer(index, 9)(ex) == [ex.messages] == [plain_prompt(sids(["i1", "i2", "i3"]))]
+    # each further view ends one item earlier; a history too short for one shows its first items
+    assert history_viewer(index, 1, n_views=4)(ex) == [
+        plain_prompt(sids([i])) for i in ["i3", "i2", "i1", "i1"]
+    ]
+    assert history_viewer(index, 2, n_views=3)(ex) == [
+        plain_prompt(sids(pair)) for pair in (["i2", "i3"], ["i1", "i2"], ["i1", "i2"])
+    ]
