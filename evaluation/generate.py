@@ -514,11 +514,26 @@ class BeamRanker:
 # ---------------------------------------------------------------------- shards and resume
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def checkpoint_stamp(model_path: str) -> list:
+    """(file, bytes, mtime ns) of a local checkpoint's weight files: a model retrained into the
+    same folder is another model, and its shards must not resume the old one's. A Hub id (no
+    local folder) is named by its id alone."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return []
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
 def run_fingerprint(model_path: str, mode: str, cfg: DecodingConfig, examples: Sequence[EvalExample]) -> str:
     decoding = {k: v for k, v in asdict(cfg).items() if k != "vllm_gpu_memory_utilization"}  # not a result
     payload = json.dumps(
         {
             "model": str(model_path),
+            "weights": checkpoint_stamp(model_path),
             "mode": mode,
             "decoding": decoding,
             "heads": head_beams(mode, cfg),  # how the beams are shared: shards split otherwise never mix
@@ -566,7 +581,7 @@ def generate_run(
             if found != fingerprint:
                 raise ValueError(
                     f"{shard_dir} holds shards of a different evaluation (fingerprint {found}, this one "
-                    f"{fingerprint}: model, mode, decoding or examples changed); delete it or use another out_dir"
+                    f"{fingerprint}: model weights, mode, decoding or examples changed); delete it or use another out_dir"
                 )
         elif state.is_main_process:
             atomic_write_json(

@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         output = step_output(step_argv)
         if config.fresh and output is not None and output.is_dir() and output.resolve() != out.resolve():
             shutil.rmtree(output)  # a stage resumes from its own checkpoints; fresh means from zero
+        if config.fresh and name == "eval":
+            shutil.rmtree(out / "runs", ignore_errors=True)  # the eval's own records of the last models
         print(f"\n[{i}/{len(plan)}] {name}: onereason {command} {' '.join(step_argv)}", flush=True)
         t0 = time.perf_counter()
         run_step(command, step_argv)

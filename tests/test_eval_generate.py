@@ -193,6 +193,17 @@ def test_shards_resume_and_refuse_a_different_setup(world, tmp_path):
     other = BeamRanker(model, tokenizer, index, DecodingConfig(num_beams=4))
     with pytest.raises(ValueError, match="different evaluation"):
         generate_run(other, exs, "no_think", run_path, shard_size=2, model_path=str(path), progress=False)
+    # the same folder, retrained: other weights, so the old shards are not this model's
+    weights = next(f for f in path.iterdir() if f.suffix == ".safetensors")
+    stamp = weights.stat().st_mtime_ns
+    try:
+        os.utime(weights, ns=(stamp + 10**9, stamp + 10**9))
+        with pytest.raises(ValueError, match="different evaluation"):
+            generate_run(
+                ranker, exs, "no_think", run_path, shard_size=2, model_path=str(path), progress=False
+            )
+    finally:
+        os.utime(weights, ns=(stamp, stamp))
 
 
 def test_bad_inputs_fail_clearly_or_are_counted(world, tmp_path):
